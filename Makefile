@@ -1,0 +1,52 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a convenience.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+ESPER  := $(VENV)/bin/esper
+PYTEST := $(VENV)/bin/pytest
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup kafka run test lint typecheck unit proto bench crash clean-state
+
+# The virtual environment, the project (editable) and its declared dependencies; redone when pyproject changes.
+# Strict editable mode links every module into build/ (static paths mypy can follow), so adding a module
+# means reinstalling: the stamp depends on the package folders too.
+$(STAMP): pyproject.toml esper proto streams projections compiler safety
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Apache Kafka jars from Maven Central into .esper/kafka/<version> (once).
+kafka: setup
+	$(ESPER) broker tools > /dev/null
+
+run: setup kafka
+	$(ESPER) run
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy esper streams projections compiler safety proto/generate.py
+
+test: setup kafka lint
+	$(PYTEST) -q
+
+unit: setup
+	$(PYTEST) -q tests/unit
+
+proto: setup
+	$(PY) proto/generate.py
+
+bench: setup kafka
+	$(PY) bench/run_all.py
+
+# The long crash matrix (thousands of kill -9 runs, every power-loss reordering); `make test` runs the short one.
+crash: setup
+	ESPER_CRASH_LONG=1 $(PYTEST) -q tests/crash
+
+clean-state:
+	-$(ESPER) broker down
+	rm -rf .esper

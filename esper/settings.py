@@ -1,0 +1,49 @@
+"""Settings for every Esper command: environment variables (ESPER_*) over an optional TOML file over defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "ESPER_CONFIG"
+
+
+class EsperSettings(BaseSettings):
+    """Where Kafka is, where local state lives, and how the managed broker runs."""
+
+    model_config = SettingsConfigDict(env_prefix="ESPER_", extra="ignore")
+
+    bootstrap_servers: str | None = Field(
+        default=None, description="An existing cluster; when set, no local broker is started."
+    )
+    home: Path = Field(default=Path(".esper"), description="Local state: Kafka jars, broker data, logs.")
+    kafka_version: str = "4.2.0"
+    broker_port: int = 9092
+    controller_port: int = 9093
+    broker_heap: str = "512m"
+    client_id: str = "esper"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get(CONFIG_FILE_ENV, "esper.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+
+
+def load_settings(**overrides: object) -> EsperSettings:
+    """Settings for this process; keyword overrides win over the environment and the file."""
+    return EsperSettings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,54 @@
+"""Cluster administration over confluent-kafka's AdminClient: idempotent topic creation and inspection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from esper.streams.exceptions import ClusterUnavailableError, StreamsError
+from esper.streams.topics import ALL_TOPICS, TopicSpec
+
+
+def admin_client(bootstrap_servers: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap_servers})
+
+
+def ensure_reachable(bootstrap_servers: str, timeout_s: float = 10.0) -> None:
+    try:
+        admin_client(bootstrap_servers).list_topics(timeout=timeout_s)
+    except KafkaException as e:
+        raise ClusterUnavailableError(f"no Kafka cluster answers at {bootstrap_servers}: {e}") from e
+
+
+def create_topics(
+    bootstrap_servers: str, specs: Iterable[TopicSpec] = ALL_TOPICS, replication_factor: int = 1
+) -> dict[str, str]:
+    """Create the topics that do not exist yet; returns name -> "created" or "exists"."""
+    ensure_reachable(bootstrap_servers)
+    admin = admin_client(bootstrap_servers)
+    futures = admin.create_topics(
+        [
+            NewTopic(s.name, num_partitions=s.partitions, replication_factor=replication_factor, config=s.config)
+            for s in specs
+        ],
+        operation_timeout=30,
+    )
+    outcome: dict[str, str] = {}
+    for name, future in futures.items():
+        try:
+            future.result()
+            outcome[name] = "created"
+        except KafkaException as e:
+            if e.args[0].code() == e.args[0].TOPIC_ALREADY_EXISTS:
+                outcome[name] = "exists"
+            else:
+                raise StreamsError(f"could not create topic {name}: {e}") from e
+    return outcome
+
+
+def topic_partitions(bootstrap_servers: str) -> dict[str, int]:
+    """Every topic of the cluster with its partition count."""
+    metadata = admin_client(bootstrap_servers).list_topics(timeout=10)
+    return {name: len(t.partitions) for name, t in metadata.topics.items()}

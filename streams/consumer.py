@@ -1,0 +1,142 @@
+"""The consumer helper: decode, hand to a handler, store the offset only after processing.
+
+Offsets are stored after the handler returns (or after the record's dead letter is acknowledged) and committed
+by librdkafka's auto-commit and on close, so a crash redelivers what was not processed and loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message
+from google.protobuf.message import Message as ProtoMessage
+
+from esper.streams.deadletter import DeadLetterPublisher
+from esper.streams.envelope import Decoded, Envelope, decode
+from esper.streams.exceptions import DecodeError
+from esper.streams.producer import LeylineProducer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One decoded record with its coordinates in the log."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int
+    decoded: Decoded
+
+    @property
+    def message(self) -> ProtoMessage:
+        return self.decoded.message
+
+    @property
+    def envelope(self) -> Envelope:
+        return self.decoded.envelope
+
+
+Handler = Callable[[Record], None]
+
+
+@dataclass
+class ConsumerStats:
+    processed: int = 0
+    dead_lettered: int = 0
+    errors: int = 0
+    last_error: str = ""
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class LeylineConsumer:
+    """A group consumer of Leyline topics with a dead-letter path for what cannot be decoded or processed."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Iterable[str],
+        *,
+        from_beginning: bool = True,
+        dead_letters: DeadLetterPublisher | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.group_id = group_id
+        config = {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group_id,
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "fetch.wait.max.ms": 100,
+            **overrides,
+        }
+        self._consumer = Consumer(config)
+        self._consumer.subscribe(list(topics))
+        self._owns_producer = dead_letters is None
+        self.dead_letters = dead_letters or DeadLetterPublisher(
+            LeylineProducer(bootstrap_servers, producer_id=f"{group_id}-deadletter"), group_id
+        )
+        self.stats = ConsumerStats()
+
+    def poll_once(self, handler: Handler, timeout_s: float = 0.5, max_records: int = 500) -> int:
+        """Process at most max_records; returns how many records were settled (handled or dead-lettered)."""
+        settled = 0
+        for msg in self._consumer.consume(num_messages=max_records, timeout=timeout_s):
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self.stats.errors += 1
+                    self.stats.last_error = str(err)
+                    log.warning("consumer error: %s", err)
+                continue
+            self._settle(msg, handler)
+            settled += 1
+        return settled
+
+    def _settle(self, msg: Message, handler: Handler) -> None:
+        try:
+            decoded = decode(msg.value(), msg.headers(), msg.topic())
+        except DecodeError as e:
+            self._dead_letter(msg, e)
+            return
+        record = Record(
+            topic=msg.topic() or "",
+            partition=msg.partition() or 0,
+            offset=msg.offset() or 0,
+            key=msg.key(),
+            timestamp_ms=msg.timestamp()[1],
+            decoded=decoded,
+        )
+        try:
+            handler(record)
+        except Exception as e:  # a record the handler cannot process is a dead letter, not a stuck partition
+            log.exception("handler failed on %s[%s]@%s", record.topic, record.partition, record.offset)
+            self._dead_letter(msg, e)
+            return
+        self.stats.processed += 1
+        self._consumer.store_offsets(message=msg)
+
+    def _dead_letter(self, msg: Message, error: BaseException) -> None:
+        self.dead_letters.publish(msg, error)
+        self.stats.dead_lettered += 1
+        reason = type(error).__name__
+        self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
+        self._consumer.store_offsets(message=msg)
+
+    def run(self, handler: Handler, stop: threading.Event, timeout_s: float = 0.2) -> None:
+        while not stop.is_set():
+            self.poll_once(handler, timeout_s)
+
+    def close(self) -> None:
+        """Commit what was processed, leave the group, flush our dead letters."""
+        self._consumer.close()
+        if self._owns_producer:
+            self.dead_letters.producer.flush(10)

@@ -1,0 +1,223 @@
+"""The envelope codec: a Leyline message plus its envelope, as Kafka value bytes and headers.
+
+The envelope travels in headers so that payload bytes (hashed and signed for some contracts) never change:
+  content-type            application/x-protobuf, or application/json (the proto3 JSON mapping, so an operator can
+                          type a command into kafka-console-producer)
+  leyline-type            full message name, e.g. leyline.PauseCommand (may be omitted on single-type topics)
+  leyline-version         schema version MAJOR.MINOR
+  leyline-message-id, leyline-correlation-id, leyline-causation-id, leyline-producer, leyline-event-time (ms)
+Decoding is strict: a payload with fields unknown to our schema version is malformed unless the record declares a
+newer minor version (then the extra fields are a compatible addition).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+from google.protobuf import message as pb_message
+
+from esper.streams.exceptions import (
+    MalformedPayloadError,
+    UnknownMessageTypeError,
+    UnsupportedContentTypeError,
+    UnsupportedVersionError,
+)
+from esper.streams.topics import ALL_TOPICS, topic_spec
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_PROTOBUF_ALIASES = frozenset({PROTOBUF, "application/protobuf", "application/vnd.google.protobuf"})
+
+SCHEMA_MAJOR, SCHEMA_MINOR = 1, 0
+SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
+
+H_CONTENT_TYPE = "content-type"
+H_TYPE = "leyline-type"
+H_VERSION = "leyline-version"
+H_MESSAGE_ID = "leyline-message-id"
+H_CORRELATION_ID = "leyline-correlation-id"
+H_CAUSATION_ID = "leyline-causation-id"
+H_PRODUCER = "leyline-producer"
+H_EVENT_TIME = "leyline-event-time"
+
+# What confluent-kafka hands us (a list of pairs) or accepts (pairs or a mapping).
+HeaderValue = str | bytes | None
+Headers = Sequence[tuple[str, HeaderValue]] | Mapping[str, HeaderValue]
+
+# Every contract a topic may carry, by full name.
+MESSAGE_TYPES: dict[str, type[pb_message.Message]] = {
+    t.DESCRIPTOR.full_name: t for spec in ALL_TOPICS for t in spec.message_types
+}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Who sent a message, why, and when: what DESIGN section 3 asks every message to carry."""
+
+    message_type: str
+    message_id: str = ""
+    correlation_id: str = ""
+    causation_id: str = ""
+    producer: str = ""
+    schema_version: str = SCHEMA_VERSION
+    event_time_ms: int = 0
+    content_type: str = PROTOBUF
+
+    def headers(self) -> list[tuple[str, HeaderValue]]:
+        pairs = [
+            (H_CONTENT_TYPE, self.content_type),
+            (H_TYPE, self.message_type),
+            (H_VERSION, self.schema_version),
+            (H_MESSAGE_ID, self.message_id),
+            (H_CORRELATION_ID, self.correlation_id),
+            (H_CAUSATION_ID, self.causation_id),
+            (H_PRODUCER, self.producer),
+            (H_EVENT_TIME, str(self.event_time_ms)),
+        ]
+        return [(k, v.encode()) for k, v in pairs if v]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    message: pb_message.Message
+    envelope: Envelope
+
+
+def new_envelope(
+    message: pb_message.Message,
+    *,
+    correlation_id: str = "",
+    causation_id: str = "",
+    producer: str = "",
+    content_type: str = PROTOBUF,
+) -> Envelope:
+    return Envelope(
+        message_type=message.DESCRIPTOR.full_name,
+        message_id=uuid.uuid4().hex,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        producer=producer,
+        event_time_ms=time.time_ns() // 1_000_000,
+        content_type=content_type,
+    )
+
+
+def encode_payload(message: pb_message.Message, content_type: str = PROTOBUF) -> bytes:
+    if content_type == JSON:
+        return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None).encode()
+    if content_type in _PROTOBUF_ALIASES:
+        return message.SerializeToString(deterministic=True)
+    raise UnsupportedContentTypeError(f"cannot encode as {content_type!r}")
+
+
+def encode(message: pb_message.Message, envelope: Envelope) -> tuple[bytes, list[tuple[str, HeaderValue]]]:
+    """Value bytes and headers for one record."""
+    if envelope.message_type != message.DESCRIPTOR.full_name:
+        raise UnknownMessageTypeError(
+            f"envelope says {envelope.message_type!r} but the message is {message.DESCRIPTOR.full_name!r}"
+        )
+    return encode_payload(message, envelope.content_type), envelope.headers()
+
+
+def decode(value: bytes | None, headers: Headers | None, topic: str | None = None) -> Decoded:
+    """Decode one record; raise a DecodeError subclass that says exactly what is wrong."""
+    h = _header_dict(headers)
+    version = h.get(H_VERSION, SCHEMA_VERSION)
+    newer_minor = _check_version(version)
+    type_name = _message_type(h.get(H_TYPE), topic)
+    cls = MESSAGE_TYPES[type_name]
+    if value is None:
+        raise MalformedPayloadError(f"record has no value (a tombstone), expected {type_name}")
+    content_type = _content_type(h.get(H_CONTENT_TYPE), value)
+    message = cls()
+    try:
+        if content_type == JSON:
+            json_format.Parse(value.decode("utf-8"), message, ignore_unknown_fields=newer_minor)
+        else:
+            message.ParseFromString(value)
+            if not newer_minor:
+                _reject_unknown_fields(message, type_name, len(value))
+    except (
+        json_format.ParseError,
+        pb_message.DecodeError,
+        UnicodeDecodeError,
+        RecursionError,
+        ValueError,
+    ) as e:
+        raise MalformedPayloadError(f"payload is not a valid {type_name} ({content_type}): {e}") from e
+    event_time = h.get(H_EVENT_TIME, "0")
+    envelope = Envelope(
+        message_type=type_name,
+        message_id=h.get(H_MESSAGE_ID, ""),
+        correlation_id=h.get(H_CORRELATION_ID, ""),
+        causation_id=h.get(H_CAUSATION_ID, ""),
+        producer=h.get(H_PRODUCER, ""),
+        schema_version=version,
+        event_time_ms=int(event_time) if event_time.isdigit() else 0,
+        content_type=content_type,
+    )
+    return Decoded(message, envelope)
+
+
+def _header_dict(headers: Headers | None) -> dict[str, str]:
+    return {key.lower(): header_text(raw) for key, raw in header_pairs(headers)}
+
+
+def header_pairs(headers: Headers | None) -> list[tuple[str, HeaderValue]]:
+    """Headers as (key, value) pairs, whichever of the shapes confluent-kafka uses they came in."""
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return list(headers or ())
+
+
+def header_text(raw: HeaderValue) -> str:
+    """A header value as text; undecodable bytes are replaced, never raised on."""
+    if isinstance(raw, str):
+        return raw.strip()
+    return (raw or b"").decode("utf-8", errors="replace").strip()
+
+
+def _check_version(version: str) -> bool:
+    """True when the record is of a newer minor version than ours (unknown fields then allowed)."""
+    major_s, _, minor_s = version.partition(".")
+    if not major_s.isdigit() or (minor_s and not minor_s.isdigit()):
+        raise UnsupportedVersionError(f"leyline-version {version!r} is not MAJOR[.MINOR]")
+    if int(major_s) != SCHEMA_MAJOR:
+        raise UnsupportedVersionError(f"leyline-version {version!r}: this code reads major version {SCHEMA_MAJOR}")
+    return int(minor_s or 0) > SCHEMA_MINOR
+
+
+def _message_type(declared: str | None, topic: str | None) -> str:
+    spec = topic_spec(topic) if topic else None
+    if not declared:
+        if spec is not None and len(spec.message_types) == 1:
+            return spec.type_names[0]
+        raise UnknownMessageTypeError(f"no {H_TYPE} header, and topic {topic!r} has no single message type")
+    if declared not in MESSAGE_TYPES:
+        raise UnknownMessageTypeError(f"unknown {H_TYPE} {declared!r}")
+    if spec is not None and declared not in spec.type_names:
+        raise UnknownMessageTypeError(f"topic {topic} carries {', '.join(spec.type_names)}, not {declared}")
+    return declared
+
+
+def _content_type(declared: str | None, value: bytes) -> str:
+    if not declared:
+        # Operators typing into a console producer often forget the header: JSON objects are recognisable.
+        return JSON if value.lstrip()[:1] == b"{" else PROTOBUF
+    media = declared.split(";", 1)[0].strip().lower()
+    if media == JSON:
+        return JSON
+    if media in _PROTOBUF_ALIASES:
+        return PROTOBUF
+    raise UnsupportedContentTypeError(f"content-type {declared!r} is neither {PROTOBUF} nor {JSON}")
+
+
+def _reject_unknown_fields(message: pb_message.Message, type_name: str, wire_size: int) -> None:
+    """Garbage bytes often parse as unknown fields; at our own schema version that is malformed."""
+    message.DiscardUnknownFields()
+    if message.ByteSize() != wire_size:
+        raise MalformedPayloadError(f"payload holds fields unknown to {type_name} at schema {SCHEMA_VERSION}")

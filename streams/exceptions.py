@@ -1,0 +1,61 @@
+"""Typed errors of the Kafka plumbing: every failure a caller can act on has its own class."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "BrokerStartError",
+    "ClusterUnavailableError",
+    "DecodeError",
+    "MalformedPayloadError",
+    "ProduceError",
+    "ProvisioningError",
+    "StreamsError",
+    "UnknownMessageTypeError",
+    "UnsupportedContentTypeError",
+    "UnsupportedVersionError",
+]
+
+
+class StreamsError(Exception):
+    """Base of every error raised by esper.streams."""
+
+
+class ProvisioningError(StreamsError):
+    """The Kafka jars could not be resolved from Maven (the message carries Maven's own output)."""
+
+
+class BrokerError(StreamsError):
+    """The local broker could not be managed (stopped, signalled, inspected)."""
+
+
+class BrokerStartError(BrokerError):
+    """The local broker did not become ready; the message carries the tail of its log."""
+
+
+class ClusterUnavailableError(StreamsError):
+    """No Kafka cluster answers at the configured bootstrap servers."""
+
+
+class ProduceError(StreamsError):
+    """A record was not acknowledged by the cluster."""
+
+
+class DecodeError(StreamsError):
+    """A record cannot be decoded into a Leyline message; such records go to the dead-letter topic."""
+
+
+class UnknownMessageTypeError(DecodeError):
+    """The leyline-type header names no known contract, or one the topic does not carry."""
+
+
+class UnsupportedContentTypeError(DecodeError):
+    """The content-type header is neither protobuf nor JSON."""
+
+
+class UnsupportedVersionError(DecodeError):
+    """The leyline-version header names a schema version this code does not read."""
+
+
+class MalformedPayloadError(DecodeError):
+    """The payload bytes do not parse as the declared message type."""

@@ -1,0 +1,90 @@
+"""Shared fixtures: a real Kafka broker, started once per session and never replaced by a mock.
+
+Which broker: KAFKA_BOOTSTRAP_SERVERS (or ESPER_BOOTSTRAP_SERVERS) when set; else testcontainers when a Docker
+engine really answers; else the project's local broker under .esper/test-broker. A broker that cannot start fails
+every test that needs it (never skips).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from esper.settings import EsperSettings, load_settings
+from esper.streams.admin import create_topics
+from esper.streams.broker import LocalBroker
+from esper.streams.topics import ALL_TOPICS
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_HOME = REPO / ".esper" / "test"
+TEST_PORT, TEST_CONTROLLER_PORT = 19092, 19093
+
+
+def _docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+def test_settings() -> EsperSettings:
+    """Settings of the test broker (its own home and ports, so it never touches a developer's broker)."""
+    return load_settings(
+        home=TEST_HOME, broker_port=TEST_PORT, controller_port=TEST_CONTROLLER_PORT, bootstrap_servers=None
+    )
+
+
+def _external_bootstrap() -> str | None:
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or os.environ.get("ESPER_BOOTSTRAP_SERVERS") or None
+
+
+@pytest.fixture(scope="session")
+def test_broker() -> Iterator[LocalBroker]:
+    """The project's local test broker, started (or joined, if another session runs it) under a file lock."""
+    broker = LocalBroker(test_settings())
+    TEST_HOME.mkdir(parents=True, exist_ok=True)
+    with open(TEST_HOME / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        started_here = not broker.status().running
+        try:
+            broker.up(timeout_s=180)
+        except Exception as e:
+            pytest.fail(f"the Kafka broker could not start: {e}", pytrace=False)
+    yield broker
+    # In CI nothing else shares it: stop it. Developers keep it warm for the next run.
+    if started_here and (os.environ.get("CI") or os.environ.get("ESPER_TEST_BROKER_STOP")):
+        broker.down()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Bootstrap servers of a real broker with every Leyline topic created."""
+    external = _external_bootstrap()
+    if external:
+        create_topics(external, ALL_TOPICS)
+        yield external
+    elif _docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:4.1.0") as container:
+            bootstrap = container.get_bootstrap_server()
+            create_topics(bootstrap, ALL_TOPICS)
+            yield bootstrap
+    else:
+        broker: LocalBroker = request.getfixturevalue("test_broker")
+        create_topics(broker.bootstrap_servers, ALL_TOPICS)
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def run_id() -> str:
+    """A unique id for this test's records (keys, correlation ids), so shared topics can be filtered."""
+    return uuid.uuid4().hex[:12]
