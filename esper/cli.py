@@ -25,6 +25,7 @@ broker_app = typer.Typer(help="The project's local Apache Kafka broker (KRaft, s
 topics_app = typer.Typer(help="The Leyline topic registry.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
+# Subcommand groups of the other packages are registered here, one line each.
 
 err = Console(stderr=True)
 out = Console()
