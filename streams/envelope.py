@@ -126,7 +126,7 @@ def encode(message: pb_message.Message, envelope: Envelope) -> tuple[bytes, list
 def decode(value: bytes | None, headers: Headers | None, topic: str | None = None) -> Decoded:
     """Decode one record; raise a DecodeError subclass that says exactly what is wrong."""
     h = _header_dict(headers)
-    version = h.get(H_VERSION, SCHEMA_VERSION)
+    version = h.get(H_VERSION) or SCHEMA_VERSION
     newer_minor = _check_version(version)
     type_name = _message_type(h.get(H_TYPE), topic)
     cls = MESSAGE_TYPES[type_name]

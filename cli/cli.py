@@ -83,7 +83,7 @@ def broker_status() -> None:
         out.print(f"configured cluster {settings.bootstrap_servers} answers")
         return
     status = LocalBroker(settings).status()
-    out.print(
+    print(
         json.dumps(
             {
                 "running": status.running,
@@ -228,7 +228,7 @@ def produce(
     producer = LeylineProducer(bootstrap_servers(_settings()), producer_id="esper-cli")
     envelope = producer.envelope_for(message, correlation_id=correlation_id, content_type=JSON if as_json else PROTOBUF)
     msg = producer.send_sync(topic, message, key, envelope=envelope)
-    out.print(
+    print(
         json.dumps(
             {
                 "topic": msg.topic(),

@@ -1,0 +1,202 @@
+"""The Kafka plumbing against a real broker: round trips, console-typed JSON, dead letters, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from esper.proto import leyline_pb2 as pb
+from esper.settings import load_settings
+from esper.streams.consumer import LeylineConsumer, Record
+from esper.streams.envelope import PROTOBUF
+from esper.streams.kafka_dist import KafkaDistribution
+from esper.streams.producer import LeylineProducer
+from esper.streams.topics import ALL_TOPICS, CONTROL_PAUSE, DEADLETTER, TELEMETRY
+from tests.unit.test_envelope import CONTRACTS, sample, topic_of
+
+pytestmark = pytest.mark.broker
+REPO = Path(__file__).resolve().parents[2]
+
+
+def drain(
+    consumer: LeylineConsumer, done: Callable[[], bool], handler: Callable[[Record], None], timeout_s: float = 60.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out waiting for records"
+        consumer.poll_once(handler, timeout_s=0.5)
+
+
+def test_every_contract_round_trips_through_the_broker(kafka_bootstrap: str, run_id: str) -> None:
+    producer = LeylineProducer(kafka_bootstrap, producer_id=f"test-{run_id}")
+    sent = {}
+    for cls in CONTRACTS:
+        message = sample(cls)
+        envelope = producer.envelope_for(message, correlation_id=run_id)
+        producer.send(topic_of(cls), message, key=run_id, envelope=envelope)
+        sent[cls.DESCRIPTOR.full_name] = (message, envelope)
+    assert producer.flush(30) == 0
+    assert producer.stats.delivered == len(CONTRACTS) and producer.stats.failed == 0
+
+    got: dict[str, Record] = {}
+    consumer = LeylineConsumer(kafka_bootstrap, f"roundtrip-{run_id}", [t.name for t in ALL_TOPICS])
+
+    def keep(record: Record) -> None:
+        if record.envelope.correlation_id == run_id:
+            got[record.envelope.message_type] = record
+
+    try:
+        drain(consumer, lambda: len(got) == len(sent), keep)
+    finally:
+        consumer.close()
+    for name, (message, envelope) in sent.items():
+        assert got[name].message == message
+        assert got[name].envelope == envelope
+        assert got[name].key == run_id.encode()
+
+
+def console_produce(bootstrap: str, topic: str, lines: list[str], parse_headers: bool = True) -> None:
+    tool = KafkaDistribution.in_home(REPO / ".esper" / "test", load_settings().kafka_version).tool(
+        "kafka-console-producer"
+    )
+    args = [str(tool), "--bootstrap-server", bootstrap, "--topic", topic, "--reader-property", "parse.key=true"]
+    if parse_headers:
+        args += ["--reader-property", "parse.headers=true"]
+    subprocess.run(args, input="".join(line + "\n" for line in lines), text=True, check=True, timeout=120)
+
+
+def test_json_typed_into_kafka_console_producer_is_decoded(kafka_bootstrap: str, run_id: str) -> None:
+    command = {"action": "PAUSE_ENTER", "target_instance": run_id, "target_slots": ["s0"], "reason": "ops"}
+    console_produce(
+        kafka_bootstrap,
+        CONTROL_PAUSE.name,
+        [
+            f"content-type:application/json,leyline-type:leyline.PauseCommand\t{run_id}\t{json.dumps(command)}",
+        ],
+    )
+    got: list[Record] = []
+    consumer = LeylineConsumer(kafka_bootstrap, f"console-{run_id}", [CONTROL_PAUSE.name])
+    try:
+        drain(consumer, lambda: bool(got), lambda r: got.append(r) if r.key == run_id.encode() else None)
+    finally:
+        consumer.close()
+    assert got[0].message == pb.PauseCommand(
+        action=pb.PAUSE_ENTER, target_instance=run_id, target_slots=["s0"], reason="ops"
+    )
+
+
+def test_bad_records_become_dead_letters_and_consumption_goes_on(kafka_bootstrap: str, run_id: str) -> None:
+    raw = Producer({"bootstrap.servers": kafka_bootstrap})
+    bad = [
+        (b"\xff\xfe garbage \x00\x01", []),  # not protobuf
+        (b"{not json", [("content-type", b"application/json")]),  # broken JSON
+        (b"", [("leyline-type", b"leyline.NoSuchMessage")]),  # unknown type
+        (b"", [("leyline-type", b"leyline.TelemetryPacket")]),  # a type this topic does not carry
+        (b'{"action": 1}', [("content-type", b"application/json"), ("leyline-version", b"2.0")]),  # future major
+    ]
+    for value, headers in bad:
+        raw.produce(CONTROL_PAUSE.name, value=value, key=run_id.encode(), headers=headers)
+    good = pb.PauseCommand(action=pb.PAUSE_EXIT, target_instance=run_id)
+    producer = LeylineProducer(kafka_bootstrap)
+    raw.flush(30)
+    producer.send_sync(CONTROL_PAUSE.name, good, key=run_id)
+
+    handled: list[Record] = []
+    consumer = LeylineConsumer(kafka_bootstrap, f"dlq-{run_id}", [CONTROL_PAUSE.name])
+    try:
+        drain(consumer, lambda: any(r.key == run_id.encode() for r in handled), handled.append)
+    finally:
+        consumer.close()
+    mine = [r for r in handled if r.key == run_id.encode()]
+    assert [r.message for r in mine] == [good]  # the good record after five bad ones was processed
+
+    letters: list[pb.DeadLetter] = []
+    dlq = LeylineConsumer(kafka_bootstrap, f"dlq-reader-{run_id}", [DEADLETTER.name])
+    try:
+        drain(
+            dlq,
+            lambda: len(letters) == len(bad),
+            lambda r: letters.append(r.message) if r.key == run_id.encode() else None,
+        )
+    finally:
+        dlq.close()
+    assert [letter.origin_value for letter in letters] == [value for value, _ in bad]
+    assert all(letter.origin_topic == CONTROL_PAUSE.name and letter.error for letter in letters)
+    offsets = [letter.origin_offset for letter in letters]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(bad)
+    assert {letter.error_type for letter in letters} == {
+        "MalformedPayloadError",
+        "UnknownMessageTypeError",
+        "UnsupportedVersionError",
+    }
+    assert letters[3].origin_headers[0].value == b"leyline.TelemetryPacket"
+
+
+def test_a_failing_handler_dead_letters_the_record_and_goes_on(kafka_bootstrap: str, run_id: str) -> None:
+    producer = LeylineProducer(kafka_bootstrap)
+    for i in range(3):
+        producer.send(TELEMETRY.name, pb.TelemetryPacket(packet_id=f"{run_id}-{i}"), key=run_id)
+    producer.flush(30)
+    seen: list[str] = []
+
+    def handler(record: Record) -> None:
+        if record.key != run_id.encode():
+            return
+        seen.append(record.message.packet_id)
+        if record.message.packet_id.endswith("-1"):
+            raise ValueError("cannot process this one")
+
+    consumer = LeylineConsumer(kafka_bootstrap, f"poison-{run_id}", [TELEMETRY.name])
+    try:
+        drain(consumer, lambda: len(seen) == 3, handler)
+        assert consumer.stats.dead_letter_reasons.get("ValueError") == 1
+    finally:
+        consumer.close()
+
+
+def test_cli_produce_then_tail(kafka_bootstrap: str, run_id: str, tmp_path: Path) -> None:
+    command = tmp_path / "pause.json"
+    command.write_text(json.dumps({"action": "PAUSE_ENTER", "target_instance": run_id, "quota_ms": 100}))
+    env = {"ESPER_BOOTSTRAP_SERVERS": kafka_bootstrap, "PATH": "/usr/bin:/bin"}
+    esper = [sys.executable, "-m", "esper.cli"]
+    produced = subprocess.run(
+        [
+            *esper,
+            "produce",
+            CONTROL_PAUSE.name,
+            "--type",
+            "leyline.PauseCommand",
+            "--json",
+            str(command),
+            "--key",
+            run_id,
+            "--correlation-id",
+            run_id,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    where = json.loads(produced.stdout)
+    tailed = subprocess.run(
+        [*esper, "tail", CONTROL_PAUSE.name, "--idle-timeout", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    lines = [json.loads(line) for line in tailed.stdout.splitlines()]
+    mine = [line for line in lines if line["offset"] == where["offset"] and line["partition"] == where["partition"]]
+    assert mine[0]["value"] == {"action": "PAUSE_ENTER", "target_instance": run_id, "quota_ms": "100"}
+    assert mine[0]["headers"]["leyline-correlation-id"] == run_id
+    assert mine[0]["headers"]["content-type"] == PROTOBUF
