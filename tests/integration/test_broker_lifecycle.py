@@ -1,0 +1,84 @@
+"""The managed broker itself: data survives a restart; status and the console tools answer."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from esper.proto import leyline_pb2 as pb
+from esper.settings import load_settings
+from esper.streams.admin import create_topics
+from esper.streams.broker import LocalBroker
+from esper.streams.consumer import LeylineConsumer, Record
+from esper.streams.producer import LeylineProducer
+from esper.streams.topics import SAFETY
+from tests.conftest import TEST_HOME
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(scope="module")
+def restart_broker() -> LocalBroker:
+    """A broker of its own (own data and ports): restarting it cannot disturb the shared test broker."""
+    broker = LocalBroker(
+        load_settings(home=TEST_HOME, broker_port=19192, controller_port=19193, bootstrap_servers=None),
+        name="restart-broker",
+    )
+    try:
+        broker.up(timeout_s=180)
+    except Exception as e:
+        pytest.fail(f"the Kafka broker could not start: {e}", pytrace=False)
+    yield broker
+    broker.down()
+
+
+def test_acknowledged_records_survive_a_broker_restart(restart_broker: LocalBroker, run_id: str) -> None:
+    bootstrap = restart_broker.bootstrap_servers
+    create_topics(bootstrap, [SAFETY])
+    producer = LeylineProducer(bootstrap)
+    events = [pb.SafetyEvent(event_id=f"{run_id}-{i}", subsystem="test") for i in range(50)]
+    for event in events:
+        producer.send(SAFETY.name, event, key=run_id)
+    assert producer.flush(30) == 0 and producer.stats.delivered == len(events)
+
+    assert restart_broker.down()
+    assert not restart_broker.status().running
+    restart_broker.up(timeout_s=180)
+
+    got: list[str] = []
+    consumer = LeylineConsumer(bootstrap, f"restart-{run_id}", [SAFETY.name])
+
+    def keep(record: Record) -> None:
+        if record.key == run_id.encode():
+            got.append(record.message.event_id)
+
+    deadline = time.monotonic() + 60
+    try:
+        while len(got) < len(events):
+            assert time.monotonic() < deadline
+            consumer.poll_once(keep)
+    finally:
+        consumer.close()
+    assert got == [e.event_id for e in events]
+
+
+def test_status_and_console_tools_see_the_broker(restart_broker: LocalBroker) -> None:
+    status = restart_broker.status()
+    assert status.running and status.ready and status.pid
+    topics = subprocess.run(
+        [str(restart_broker.dist.tool("kafka-topics")), "--bootstrap-server", status.bootstrap_servers, "--list"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert SAFETY.name in topics.stdout.split()
+
+
+def test_down_is_idempotent_and_up_restarts(restart_broker: LocalBroker) -> None:
+    assert restart_broker.down()
+    assert not restart_broker.down()
+    restart_broker.up(timeout_s=180)
+    assert restart_broker.status().ready
