@@ -1,0 +1,615 @@
+"""Circuit breakers that replace assert-based crashes: the spec's three states plus what resilience4j users expect.
+
+Pieces, one idea each:
+  `CircuitBreakerConfig`  immutable, validated once;
+  `CountWindow`/`TimeWindow`  sliding-window metrics, kept apart from state;
+  `BreakerCore`  the state machine: deterministic, no lock, no clock reads, no I/O (time is an argument);
+  `CircuitBreaker`  the thread-safe shell: reads the injected clock, holds its lock only around the core (never
+                    during the protected call), raises `CallNotPermittedError` on rejection, and emits every failure
+                    and transition as a SafetyEvent after releasing the lock;
+  `BreakerRegistry`  the named breakers of a process, passed in where needed (no module-level singletons).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+from esper.proto import leyline_pb2 as pb
+from esper.safety.clock import Clock, monotonic_ms
+from esper.safety.config import ProductionSafetyConfig
+from esper.safety.events import EventSink, NullSink, safety_event
+from esper.safety.exceptions import CallNotPermittedError, ConfigError, UnknownBreakerError
+
+__all__ = [
+    "SPEC_BREAKERS",
+    "BreakerCore",
+    "BreakerRegistry",
+    "CircuitBreaker",
+    "CircuitBreakerConfig",
+    "CircuitState",
+    "CountWindow",
+    "TimeWindow",
+    "Transition",
+    "WindowSnapshot",
+    "WindowType",
+    "safe_assert",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class CircuitState(enum.IntEnum):
+    """Breaker states, numbered as Leyline's CircuitState (CLOSED=1, OPEN=2, HALF_OPEN=3) everywhere."""
+
+    CLOSED = pb.CIRCUIT_CLOSED
+    OPEN = pb.CIRCUIT_OPEN
+    HALF_OPEN = pb.CIRCUIT_HALF_OPEN
+    FORCED_OPEN = pb.CIRCUIT_FORCED_OPEN
+    DISABLED = pb.CIRCUIT_DISABLED
+    METRICS_ONLY = pb.CIRCUIT_METRICS_ONLY
+
+
+class WindowType(enum.StrEnum):
+    """COUNT: the last `window_size` calls; TIME: the calls of the last `window_size` seconds."""
+
+    COUNT = "count"
+    TIME = "time"
+
+
+@dataclass(frozen=True)
+class CircuitBreakerConfig:
+    """How a breaker decides; validated at construction (one ConfigError lists every violated rule).
+
+    The spec's rule: `failure_threshold` consecutive failures open the breaker (0 turns that rule off); after
+    `timeout_ms` it lets exactly `success_threshold` probe calls through, closes as soon as they all succeeded and
+    reopens on the first failing probe. The rate rules (off when their threshold is None) open it when, over a window
+    of at least `minimum_number_of_calls`, the failure or slow-call percentage reaches its threshold.
+    """
+
+    failure_threshold: int = 5
+    timeout_ms: int = 60_000
+    success_threshold: int = 3
+    window_type: WindowType = WindowType.COUNT
+    window_size: int = 100
+    minimum_number_of_calls: int = 10
+    failure_rate_threshold: float | None = None
+    slow_call_rate_threshold: float | None = None
+    slow_call_duration_ms: float = 60_000.0
+    record_exceptions: tuple[type[BaseException], ...] = (Exception,)
+    ignore_exceptions: tuple[type[BaseException], ...] = ()
+    record_failure_predicate: Callable[[BaseException], bool] | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.failure_threshold < 0:
+            problems.append(f"failure_threshold must be >= 0, got {self.failure_threshold}")
+        if self.timeout_ms < 0:
+            problems.append(f"timeout_ms must be >= 0, got {self.timeout_ms}")
+        if self.success_threshold < 1:
+            problems.append(f"success_threshold must be >= 1, got {self.success_threshold}")
+        if self.window_size < 1:
+            problems.append(f"window_size must be >= 1, got {self.window_size}")
+        if self.minimum_number_of_calls < 1:
+            problems.append(f"minimum_number_of_calls must be >= 1, got {self.minimum_number_of_calls}")
+        for name in ("failure_rate_threshold", "slow_call_rate_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 100:
+                problems.append(f"{name} is a percentage in (0, 100], got {value}")
+        if self.slow_call_duration_ms <= 0:
+            problems.append(f"slow_call_duration_ms must be > 0, got {self.slow_call_duration_ms}")
+        if (
+            self.failure_threshold == 0
+            and self.failure_rate_threshold is None
+            and self.slow_call_rate_threshold is None
+        ):
+            problems.append("no opening rule: set failure_threshold or a rate threshold")
+        if problems:
+            raise ConfigError("CircuitBreakerConfig", problems)
+
+    def is_failure(self, error: BaseException) -> bool | None:
+        """True: a recorded failure; False: counts as a success; None: ignored (neither)."""
+        if isinstance(error, self.ignore_exceptions):
+            return None
+        if not isinstance(error, self.record_exceptions):
+            return None
+        if self.record_failure_predicate is not None:
+            return self.record_failure_predicate(error)
+        return True
+
+
+@dataclass(frozen=True)
+class WindowSnapshot:
+    """Aggregates of a sliding window."""
+
+    calls: int
+    failures: int
+    slow: int
+
+    @property
+    def failure_rate(self) -> float:
+        return 100.0 * self.failures / self.calls if self.calls else 0.0
+
+    @property
+    def slow_call_rate(self) -> float:
+        return 100.0 * self.slow / self.calls if self.calls else 0.0
+
+
+class CountWindow:
+    """The outcomes of the last `size` calls, as a ring with running totals (O(1) per call)."""
+
+    def __init__(self, size: int) -> None:
+        self._ring = [0] * size  # bit 0 failed, bit 1 slow; only the first `_filled` entries hold calls
+        self._next = 0
+        self._filled = 0
+        self._failures = 0
+        self._slow = 0
+
+    def record(self, now_ms: float, failed: bool, slow: bool) -> None:
+        del now_ms
+        if self._filled == len(self._ring):
+            old = self._ring[self._next]
+            self._failures -= old & 1
+            self._slow -= (old >> 1) & 1
+        else:
+            self._filled += 1
+        self._ring[self._next] = int(failed) | (int(slow) << 1)
+        self._failures += int(failed)
+        self._slow += int(slow)
+        self._next = (self._next + 1) % len(self._ring)
+
+    def snapshot(self, now_ms: float) -> WindowSnapshot:
+        del now_ms
+        return WindowSnapshot(self._filled, self._failures, self._slow)
+
+    def reset(self) -> None:
+        self.__init__(len(self._ring))  # type: ignore[misc]
+
+
+class TimeWindow:
+    """The calls of the last `size_s` seconds, aggregated in one bucket per second."""
+
+    def __init__(self, size_s: int) -> None:
+        self._size = size_s
+        self._buckets: deque[list[int]] = deque()  # [second, calls, failures, slow]
+        self._calls = self._failures = self._slow = 0
+
+    def _evict(self, second: int) -> None:
+        while self._buckets and self._buckets[0][0] <= second - self._size:
+            _, calls, failures, slow = self._buckets.popleft()
+            self._calls -= calls
+            self._failures -= failures
+            self._slow -= slow
+
+    def record(self, now_ms: float, failed: bool, slow: bool) -> None:
+        second = int(now_ms // 1000)
+        self._evict(second)
+        if not self._buckets or self._buckets[-1][0] != second:
+            self._buckets.append([second, 0, 0, 0])
+        bucket = self._buckets[-1]
+        bucket[1] += 1
+        bucket[2] += int(failed)
+        bucket[3] += int(slow)
+        self._calls += 1
+        self._failures += int(failed)
+        self._slow += int(slow)
+
+    def snapshot(self, now_ms: float) -> WindowSnapshot:
+        self._evict(int(now_ms // 1000))
+        return WindowSnapshot(self._calls, self._failures, self._slow)
+
+    def reset(self) -> None:
+        self._buckets.clear()
+        self._calls = self._failures = self._slow = 0
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One state change of a breaker and why it happened."""
+
+    from_state: CircuitState
+    to_state: CircuitState
+    reason: str
+    at_ms: float
+
+
+@dataclass
+class _Totals:
+    calls: int = 0
+    successes: int = 0
+    failures: int = 0
+    rejected: int = 0
+    transitions: int = 0
+    last_failure_ms: float = 0.0
+
+
+class BreakerCore:
+    """The breaker's state machine: deterministic given (state, outcome, now); the shell serialises access.
+
+    A permit is an epoch number: outcomes of calls admitted under an earlier state (a slow call admitted while
+    CLOSED that returns during HALF_OPEN) update the totals but never count as a probe or move the state.
+    """
+
+    def __init__(self, config: CircuitBreakerConfig) -> None:
+        self.config = config
+        self.window: CountWindow | TimeWindow = (
+            CountWindow(config.window_size)
+            if config.window_type is WindowType.COUNT
+            else TimeWindow(config.window_size)
+        )
+        self.state = CircuitState.CLOSED
+        self.epoch = 0
+        self.opened_at_ms = 0.0
+        self.consecutive_failures = 0
+        self.half_open_permits = 0
+        self.half_open_successes = 0
+        self.totals = _Totals()
+
+    # -- permissions ---------------------------------------------------------------------------------------
+
+    def acquire(self, now_ms: float) -> tuple[int | None, Transition | None]:
+        """A permit (the epoch) or None when rejected, and the transition acquiring caused (OPEN -> HALF_OPEN)."""
+        transition = None
+        state = self.state
+        if state is CircuitState.OPEN and now_ms - self.opened_at_ms >= self.config.timeout_ms:
+            transition = self._move(CircuitState.HALF_OPEN, now_ms, f"{self.config.timeout_ms} ms open elapsed")
+            state = self.state
+        if state is CircuitState.HALF_OPEN:
+            if self.half_open_permits > 0:
+                self.half_open_permits -= 1
+                return self.epoch, transition
+        elif state in (CircuitState.CLOSED, CircuitState.METRICS_ONLY, CircuitState.DISABLED):
+            return self.epoch, transition
+        self.totals.rejected += 1
+        return None, transition
+
+    def release(self, epoch: int) -> None:
+        """Give back a permit whose call ended in an ignored exception (it proved nothing)."""
+        if epoch == self.epoch and self.state is CircuitState.HALF_OPEN:
+            self.half_open_permits += 1
+
+    # -- outcomes ------------------------------------------------------------------------------------------
+
+    def on_success(self, epoch: int, now_ms: float, duration_ms: float) -> Transition | None:
+        if self.state is CircuitState.DISABLED:
+            return None
+        slow = duration_ms >= self.config.slow_call_duration_ms
+        self.totals.calls += 1
+        self.totals.successes += 1
+        self.window.record(now_ms, False, slow)
+        if epoch != self.epoch:
+            return None
+        if self.state is CircuitState.CLOSED:
+            self.consecutive_failures = 0
+            return self._check_rates(now_ms) if slow else None
+        if self.state is CircuitState.HALF_OPEN:
+            if slow and self.config.slow_call_rate_threshold is not None:
+                return self._move(CircuitState.OPEN, now_ms, f"slow probe ({duration_ms:.1f} ms) in half-open")
+            self.half_open_successes += 1
+            if self.half_open_successes >= self.config.success_threshold:
+                return self._move(CircuitState.CLOSED, now_ms, f"{self.half_open_successes} probe(s) succeeded")
+        return None
+
+    def on_failure(self, epoch: int, now_ms: float, duration_ms: float) -> Transition | None:
+        if self.state is CircuitState.DISABLED:
+            return None
+        slow = duration_ms >= self.config.slow_call_duration_ms
+        self.totals.calls += 1
+        self.totals.failures += 1
+        self.totals.last_failure_ms = now_ms
+        self.window.record(now_ms, True, slow)
+        if epoch != self.epoch:
+            return None
+        if self.state is CircuitState.CLOSED:
+            self.consecutive_failures += 1
+            threshold = self.config.failure_threshold
+            if threshold and self.consecutive_failures >= threshold:
+                return self._move(CircuitState.OPEN, now_ms, f"{self.consecutive_failures} consecutive failures")
+            return self._check_rates(now_ms)
+        if self.state is CircuitState.HALF_OPEN:
+            self.consecutive_failures += 1
+            return self._move(CircuitState.OPEN, now_ms, "probe failed in half-open")
+        return None
+
+    def _check_rates(self, now_ms: float) -> Transition | None:
+        cfg = self.config
+        if cfg.failure_rate_threshold is None and cfg.slow_call_rate_threshold is None:
+            return None
+        snap = self.window.snapshot(now_ms)
+        if snap.calls < cfg.minimum_number_of_calls:
+            return None
+        if cfg.failure_rate_threshold is not None and snap.failure_rate >= cfg.failure_rate_threshold:
+            return self._move(CircuitState.OPEN, now_ms, f"failure rate {snap.failure_rate:.1f}% over {snap.calls}")
+        if cfg.slow_call_rate_threshold is not None and snap.slow_call_rate >= cfg.slow_call_rate_threshold:
+            return self._move(CircuitState.OPEN, now_ms, f"slow-call rate {snap.slow_call_rate:.1f}% over {snap.calls}")
+        return None
+
+    # -- transitions ---------------------------------------------------------------------------------------
+
+    def force(self, to_state: CircuitState, now_ms: float, reason: str) -> Transition | None:
+        """An operator's transition (any state to any state); None when already there."""
+        if to_state is self.state:
+            return None
+        return self._move(to_state, now_ms, reason)
+
+    def _move(self, to_state: CircuitState, now_ms: float, reason: str) -> Transition:
+        transition = Transition(self.state, to_state, reason, now_ms)
+        self.state = to_state
+        self.epoch += 1
+        self.totals.transitions += 1
+        self.half_open_successes = 0
+        self.half_open_permits = self.config.success_threshold if to_state is CircuitState.HALF_OPEN else 0
+        if to_state is CircuitState.OPEN:
+            self.opened_at_ms = now_ms
+        if to_state in (CircuitState.CLOSED, CircuitState.METRICS_ONLY):
+            self.consecutive_failures = 0
+            self.window.reset()
+        return transition
+
+    def stats(self, name: str, now_ms: float) -> pb.BreakerStats:
+        t = self.totals
+        snap = self.window.snapshot(now_ms)
+        return pb.BreakerStats(
+            name=name,
+            state=int(self.state),  # type: ignore[arg-type]
+            total_calls=t.calls,
+            total_successes=t.successes,
+            total_failures=t.failures,
+            current_failure_count=self.consecutive_failures,
+            current_success_count=self.half_open_successes,
+            success_rate=t.successes / t.calls if t.calls else 0.0,
+            state_transition_count=t.transitions,
+            last_failure_time_ms=int(t.last_failure_ms),
+            total_rejected=t.rejected,
+            failure_rate=snap.failure_rate,
+            slow_call_rate=snap.slow_call_rate,
+        )
+
+
+TransitionListener = Callable[["CircuitBreaker", Transition], None]
+
+
+class CircuitBreaker:
+    """A named, thread-safe breaker around calls; failures and transitions become SafetyEvents on its sink."""
+
+    def __init__(
+        self,
+        name: str,
+        config: CircuitBreakerConfig | None = None,
+        *,
+        clock: Clock = monotonic_ms,
+        sink: EventSink | None = None,
+        source_id: str = "",
+    ) -> None:
+        self.name = name
+        self.config = config or CircuitBreakerConfig()
+        self._core = BreakerCore(self.config)
+        self._clock = clock
+        self._sink: EventSink = sink or NullSink()
+        self._source_id = source_id
+        self._lock = threading.Lock()
+        self._listeners: list[TransitionListener] = []
+
+    # -- calling -------------------------------------------------------------------------------------------
+
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run fn through the breaker; re-raise its exception after recording it; CallNotPermittedError if rejected."""
+        epoch = self._acquire()
+        start = self._clock()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as e:
+            self._record_error(epoch, e, self._clock() - start)
+            raise
+        self._record_success(epoch, self._clock() - start)
+        return result
+
+    async def call_async(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """The asyncio form of `call`: awaits fn without holding the breaker's lock."""
+        epoch = self._acquire()
+        start = self._clock()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as e:
+            self._record_error(epoch, e, self._clock() - start)
+            raise
+        self._record_success(epoch, self._clock() - start)
+        return result
+
+    def decorate(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """fn wrapped so that every call goes through this breaker."""
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            return self.call(fn, *args, **kwargs)
+
+        return wrapper
+
+    def _acquire(self) -> int:
+        now = self._clock()
+        with self._lock:
+            epoch, transition = self._core.acquire(now)
+            state = self._core.state
+        if transition is not None:
+            self._publish_transition(transition)
+        if epoch is None:
+            raise CallNotPermittedError(self.name, state.name)
+        return epoch
+
+    def _record_success(self, epoch: int, duration_ms: float) -> None:
+        now = self._clock()
+        with self._lock:
+            transition = self._core.on_success(epoch, now, duration_ms)
+        if transition is not None:
+            self._publish_transition(transition)
+
+    def _record_error(self, epoch: int, error: BaseException, duration_ms: float) -> None:
+        verdict = self.config.is_failure(error)
+        now = self._clock()
+        with self._lock:
+            if verdict is None:
+                self._core.release(epoch)
+                return
+            if not verdict:
+                transition = self._core.on_success(epoch, now, duration_ms)
+            else:
+                transition = self._core.on_failure(epoch, now, duration_ms)
+            stats = self._core.stats(self.name, now) if verdict else None
+        if stats is not None:
+            detail = pb.BreakerFailure(
+                stats=stats, error_type=type(error).__name__, error=str(error)[:500], duration_ms=duration_ms
+            )
+            self._emit(pb.TELEMETRY_ERROR, f"circuit breaker {self.name} recorded failure: {error}", detail)
+        if transition is not None:
+            self._publish_transition(transition)
+
+    # -- state -----------------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> CircuitState:
+        return self._core.state
+
+    def get_stats(self) -> pb.BreakerStats:
+        now = self._clock()
+        with self._lock:
+            return self._core.stats(self.name, now)
+
+    def add_listener(self, listener: TransitionListener) -> None:
+        """Call listener(breaker, transition) after every state change (outside the lock)."""
+        self._listeners = [*self._listeners, listener]
+
+    def transition_to_closed(self, reason: str = "operator") -> None:
+        self._force(CircuitState.CLOSED, reason)
+
+    def transition_to_open(self, reason: str = "operator") -> None:
+        self._force(CircuitState.OPEN, reason)
+
+    def transition_to_forced_open(self, reason: str = "operator") -> None:
+        self._force(CircuitState.FORCED_OPEN, reason)
+
+    def transition_to_disabled(self, reason: str = "operator") -> None:
+        self._force(CircuitState.DISABLED, reason)
+
+    def transition_to_metrics_only(self, reason: str = "operator") -> None:
+        self._force(CircuitState.METRICS_ONLY, reason)
+
+    def reset(self) -> None:
+        """Back to a fresh CLOSED breaker with empty metrics (a transition event when the state changes)."""
+        now = self._clock()
+        with self._lock:
+            old = self._core.state
+            self._core = BreakerCore(self.config)
+        if old is not CircuitState.CLOSED:
+            self._publish_transition(Transition(old, CircuitState.CLOSED, "reset", now))
+
+    def _force(self, to_state: CircuitState, reason: str) -> None:
+        now = self._clock()
+        with self._lock:
+            transition = self._core.force(to_state, now, reason)
+        if transition is not None:
+            self._publish_transition(transition)
+
+    # -- events ----------------------------------------------------------------------------------------------
+
+    def _publish_transition(self, t: Transition) -> None:
+        detail = pb.BreakerTransition(
+            stats=self.get_stats(),
+            from_state=int(t.from_state),  # type: ignore[arg-type]
+            to_state=int(t.to_state),  # type: ignore[arg-type]
+            reason=t.reason,
+        )
+        severity = pb.TELEMETRY_WARN if t.to_state is not CircuitState.CLOSED else pb.TELEMETRY_INFO
+        message = f"circuit breaker {self.name}: {t.from_state.name} -> {t.to_state.name} ({t.reason})"
+        self._emit(severity, message, detail)
+        for listener in self._listeners:
+            listener(self, t)
+
+    def _emit(
+        self, severity: pb.TelemetryLevel, message: str, detail: pb.BreakerFailure | pb.BreakerTransition
+    ) -> None:
+        self._sink.emit(safety_event(severity, message, detail, source_id=self._source_id))
+
+
+def safe_assert(condition: bool, message: str, breaker: CircuitBreaker) -> bool:
+    """The assert replacement: True when the condition holds; False (a recorded failure, or a rejection while the
+    breaker is open) instead of crashing the training process."""
+
+    def check() -> bool:
+        if not condition:
+            raise AssertionError(message)
+        return True
+
+    try:
+        return breaker.call(check)
+    except (AssertionError, CallNotPermittedError):
+        return False
+
+
+# The spec's named breakers: name -> (ProductionSafetyConfig field of the failure threshold, timeout_ms).
+SPEC_BREAKERS: dict[str, tuple[str, int]] = {
+    "gradient_isolation": ("gradient_isolation_failure_threshold", 30_000),
+    "memory_bounds": ("memory_bounds_failure_threshold", 60_000),
+    "kernel_loading": ("kernel_loading_failure_threshold", 30_000),
+    "checkpoint_recompilation": ("checkpoint_recompilation_threshold", 120_000),
+    "teacher_memory_overflow": ("teacher_memory_overflow_threshold", 180_000),
+}
+
+
+@dataclass
+class BreakerRegistry:
+    """The breakers of one process, by name; created once and passed to whatever needs a breaker."""
+
+    clock: Clock = monotonic_ms
+    sink: EventSink = field(default_factory=NullSink)
+    source_id: str = ""
+    default_config: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    _breakers: dict[str, CircuitBreaker] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    @classmethod
+    def with_spec_breakers(cls, safety: ProductionSafetyConfig | None = None, **kwargs: Any) -> BreakerRegistry:
+        """A registry holding the spec's five named breakers with the thresholds of `safety` (spec defaults:
+        gradient_isolation 3/30 s, memory_bounds 5/60 s, kernel_loading 10/30 s, checkpoint_recompilation 3/120 s,
+        teacher_memory_overflow 2/180 s)."""
+        safety = safety or ProductionSafetyConfig()
+        registry = cls(**kwargs)
+        for name, (threshold_field, timeout_ms) in SPEC_BREAKERS.items():
+            config = CircuitBreakerConfig(failure_threshold=getattr(safety, threshold_field), timeout_ms=timeout_ms)
+            registry.get_or_create(name, config)
+        return registry
+
+    def get_or_create(self, name: str, config: CircuitBreakerConfig | None = None) -> CircuitBreaker:
+        with self._lock:
+            breaker = self._breakers.get(name)
+            if breaker is None:
+                breaker = CircuitBreaker(
+                    name, config or self.default_config, clock=self.clock, sink=self.sink, source_id=self.source_id
+                )
+                self._breakers[name] = breaker
+            return breaker
+
+    def get(self, name: str) -> CircuitBreaker:
+        try:
+            return self._breakers[name]
+        except KeyError:
+            raise UnknownBreakerError(
+                f"no breaker named {name!r}; known: {', '.join(sorted(self._breakers))}"
+            ) from None
+
+    def __getitem__(self, name: str) -> CircuitBreaker:
+        return self.get(name)
+
+    def __iter__(self) -> Iterator[CircuitBreaker]:
+        return iter(list(self._breakers.values()))
+
+    def __len__(self) -> int:
+        return len(self._breakers)
+
+    def all_stats(self) -> list[pb.BreakerStats]:
+        return [b.get_stats() for b in self]

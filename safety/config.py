@@ -1,0 +1,238 @@
+"""Kasmina's configurations with the spec's defaults: frozen, validated at construction, loadable from a file
+(TOML or JSON) and the environment. An invalid config raises one ConfigError that lists every violated rule."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic_core.core_schema import ValidatorFunctionWrapHandler
+
+from esper.safety.exceptions import ConfigError
+
+__all__ = ["AlphaSchedule", "GraftingConfig", "ProductionSafetyConfig"]
+
+AlphaSchedule = Literal["linear", "cosine", "sigmoid"]
+
+
+class _FrozenConfig(BaseModel):
+    """Shared behaviour: frozen, no unknown keys, one ConfigError for field errors and rule violations alike."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Environment variables are <ENV_PREFIX><FIELD NAME IN UPPER CASE>; a file may hold the fields at its top level
+    # or under a table named FILE_SECTION.
+    ENV_PREFIX: ClassVar[str] = ""
+    FILE_SECTION: ClassVar[str] = ""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_error(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            model = handler(data)
+        except ValidationError as e:
+            problems = [f"{'.'.join(str(p) for p in err['loc']) or '(config)'}: {err['msg']}" for err in e.errors()]
+            raise ConfigError(cls.__name__, problems) from None
+        problems = model.violations()
+        if problems:
+            raise ConfigError(cls.__name__, problems)
+        return model
+
+    def violations(self) -> list[str]:
+        """Every rule this config breaks (empty when valid)."""
+        return []
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, *, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Self:
+        """Defaults, then the file (TOML or JSON), then the environment, then keyword overrides."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            values.update(_read_file(Path(path), cls.FILE_SECTION))
+        env = os.environ if environ is None else environ
+        for name in cls.model_fields:
+            key = f"{cls.ENV_PREFIX}{name.upper()}"
+            if key in env:
+                values[name] = env[key]
+        values.update(overrides)
+        return cls.model_validate(values)
+
+
+def _read_file(path: Path, section: str) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(path.name, [f"cannot read {path}: {e}"]) from e
+    try:
+        data = tomllib.loads(raw.decode()) if path.suffix.lower() == ".toml" else json.loads(raw)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(path.name, [f"{path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}"]) from e
+    if not isinstance(data, dict):
+        raise ConfigError(path.name, [f"{path} must hold a table of settings"])
+    section_data = data.get(section)
+    return dict(section_data) if isinstance(section_data, dict) else data
+
+
+class ProductionSafetyConfig(_FrozenConfig):
+    """Every safety switch and limit of a production Kasmina, with the spec's defaults and `validate_config` rules."""
+
+    ENV_PREFIX: ClassVar[str] = "ESPER_SAFETY_"
+    FILE_SECTION: ClassVar[str] = "production_safety"
+
+    # Circuit breaker settings
+    circuit_breaker_enabled: bool = True
+    gradient_isolation_failure_threshold: int = 3
+    memory_bounds_failure_threshold: int = 5
+    kernel_loading_failure_threshold: int = 10
+    circuit_breaker_timeout_ms: int = 60_000
+    # C-024: checkpoint safety
+    checkpoint_recompilation_threshold: int = 3
+    teacher_memory_overflow_threshold: int = 2
+    checkpoint_overhead_acceptable_ratio: float = 0.20
+    torch_compile_stability_monitoring: bool = True
+    max_recompilations: int = 5  # per session, before falling back to eager
+    # Hardware timing
+    hardware_timing_awareness: bool = True
+    timing_constraint_enforcement: bool = True
+    epoch_boundary_ms: int = 18
+    # Memory management
+    memory_management_enabled: bool = True
+    emergency_cleanup_threshold: float = 0.90
+    gc_frequency: int = 100
+    # C-024: teacher memory
+    teacher_memory_limit_gb: float = 7.0
+    teacher_memory_monitoring: bool = True
+    # Parameter registration
+    parameter_registration_required: bool = True
+    invariant_l2_enforcement: bool = True
+    # Pause state
+    pause_semantics_enabled: bool = True
+    identity_kernel_enabled: bool = True
+    max_pause_quota: int = 10_000  # ms of pause per reset interval
+    pause_quota_reset_interval_ms: int = 60_000
+    max_pause_duration_ms: int = 30_000  # a pause resumes by itself after this long
+    # Leyline
+    leyline_contracts_enabled: bool = True
+    native_map_usage: bool = True
+    target_serialization_time_us: int = 80
+    target_message_size_bytes: int = 280
+
+    def violations(self) -> list[str]:
+        p: list[str] = []
+        if self.leyline_contracts_enabled and not self.native_map_usage:
+            p.append("Leyline Option B requires native map usage (native_map_usage)")
+        for name in (
+            "memory_management_enabled",
+            "parameter_registration_required",
+            "circuit_breaker_enabled",
+            "hardware_timing_awareness",
+        ):
+            if not getattr(self, name):
+                p.append(f"critical safety feature {name} must be enabled for production")
+        if self.torch_compile_stability_monitoring:
+            if self.checkpoint_recompilation_threshold < 1:
+                p.append("checkpoint_recompilation_threshold must be at least 1")
+            if self.checkpoint_overhead_acceptable_ratio > 0.30:
+                p.append("checkpoint_overhead_acceptable_ratio above 30% is unacceptable")
+        if self.target_message_size_bytes > 350:
+            p.append("target_message_size_bytes exceeds the Leyline Option B limit of 350")
+        if self.target_serialization_time_us > 120:
+            p.append("target_serialization_time_us exceeds the Leyline Option B limit of 120")
+        for name in (
+            "gradient_isolation_failure_threshold",
+            "memory_bounds_failure_threshold",
+            "kernel_loading_failure_threshold",
+            "teacher_memory_overflow_threshold",
+            "gc_frequency",
+            "circuit_breaker_timeout_ms",
+            "pause_quota_reset_interval_ms",
+            "max_pause_duration_ms",
+            "epoch_boundary_ms",
+        ):
+            if getattr(self, name) < 1:
+                p.append(f"{name} must be at least 1")
+        if self.max_recompilations < 0:
+            p.append("max_recompilations must be >= 0")
+        if self.max_pause_quota < 0:
+            p.append("max_pause_quota must be >= 0")
+        if not 0 < self.emergency_cleanup_threshold <= 1:
+            p.append("emergency_cleanup_threshold is a fraction in (0, 1]")
+        if self.checkpoint_overhead_acceptable_ratio < 0:
+            p.append("checkpoint_overhead_acceptable_ratio must be >= 0")
+        if self.teacher_memory_limit_gb <= 0:
+            p.append("teacher_memory_limit_gb must be > 0")
+        return p
+
+    def validate_config(self) -> bool:
+        """The spec's check; construction already ran it, so a constructed config answers True."""
+        problems = self.violations()
+        if problems:
+            raise ConfigError(type(self).__name__, problems)
+        return True
+
+
+class GraftingConfig(_FrozenConfig):
+    """How a seed is grafted: the spec's defaults, plus the alpha schedule used while blending."""
+
+    ENV_PREFIX: ClassVar[str] = "ESPER_GRAFTING_"
+    FILE_SECTION: ClassVar[str] = "grafting"
+
+    fixed_steps: int = 30
+    high_drift_threshold: float = 0.12
+    grad_norm_lower: float = 0.1
+    grad_norm_upper: float = 1.0
+    stabilization_epochs: int = 5
+    evaluation_patience: int = 10
+    fine_tuning_patience: int = 50
+    embargo_duration: int = 100
+    reconstruction_threshold: float = 0.85
+    performance_gate: float = 0.001
+    isolation_temperature: float = 1.0
+    alpha_schedule: AlphaSchedule = "linear"
+    circuit_breaker_protection: bool = True
+    memory_bounded_operations: bool = True
+    timing_constraint_enforcement: bool = True
+    parameter_registration_validation: bool = True
+    leyline_telemetry_enabled: bool = True
+    telemetry_reporting_frequency: int = 10
+
+    def violations(self) -> list[str]:
+        p: list[str] = []
+        if self.fixed_steps < 1:
+            p.append("fixed_steps must be at least 1")
+        for name in ("stabilization_epochs", "evaluation_patience", "fine_tuning_patience", "embargo_duration"):
+            if getattr(self, name) < 0:
+                p.append(f"{name} must be >= 0")
+        if self.high_drift_threshold < 0:
+            p.append("high_drift_threshold must be >= 0")
+        if not 0 <= self.grad_norm_lower < self.grad_norm_upper:
+            p.append("grad_norm_lower must be >= 0 and below grad_norm_upper")
+        if not 0 <= self.reconstruction_threshold <= 1:
+            p.append("reconstruction_threshold is a fraction in [0, 1]")
+        if self.performance_gate < 0:
+            p.append("performance_gate must be >= 0")
+        if self.isolation_temperature <= 0:
+            p.append("isolation_temperature must be > 0")
+        if self.telemetry_reporting_frequency < 1:
+            p.append("telemetry_reporting_frequency must be at least 1")
+        return p
+
+    def get_leyline_telemetry_config(self) -> dict[str, Any]:
+        return {
+            "enabled": self.leyline_telemetry_enabled,
+            "reporting_frequency": self.telemetry_reporting_frequency,
+            "metrics_to_report": [
+                "grafting_progress",
+                "alpha_blending_value",
+                "performance_gate_status",
+                "isolation_temperature",
+                "memory_usage",
+                "timing_constraints",
+            ],
+        }
