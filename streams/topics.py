@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from google.protobuf.message import Message
 
@@ -23,7 +24,7 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
-    @property
+    @cached_property
     def type_names(self) -> tuple[str, ...]:
         return tuple(t.DESCRIPTOR.full_name for t in self.message_types)
 
