@@ -22,7 +22,9 @@ from esper.streams.topics import ALL_TOPICS
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_HOME = REPO / ".esper" / "test"
-TEST_PORT, TEST_CONTROLLER_PORT = 19092, 19093
+# Another checkout on the same machine can move its test brokers with ESPER_TEST_BROKER_PORT.
+TEST_PORT = int(os.environ.get("ESPER_TEST_BROKER_PORT", "19092"))
+TEST_CONTROLLER_PORT = TEST_PORT + 1
 
 
 def _docker_engine_answers() -> bool:

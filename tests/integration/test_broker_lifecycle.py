@@ -14,7 +14,7 @@ from esper.streams.broker import LocalBroker
 from esper.streams.consumer import LeylineConsumer, Record
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import SAFETY
-from tests.conftest import TEST_HOME
+from tests.conftest import TEST_HOME, TEST_PORT
 
 pytestmark = pytest.mark.broker
 
@@ -23,7 +23,9 @@ pytestmark = pytest.mark.broker
 def restart_broker() -> LocalBroker:
     """A broker of its own (own data and ports): restarting it cannot disturb the shared test broker."""
     broker = LocalBroker(
-        load_settings(home=TEST_HOME, broker_port=19192, controller_port=19193, bootstrap_servers=None),
+        load_settings(
+            home=TEST_HOME, broker_port=TEST_PORT + 100, controller_port=TEST_PORT + 101, bootstrap_servers=None
+        ),
         name="restart-broker",
     )
     try:
