@@ -6,10 +6,14 @@ from collections.abc import Sequence
 
 __all__ = [
     "CallNotPermittedError",
+    "CheckpointOverheadError",
     "ConfigError",
     "IllegalTransitionError",
+    "NotPausedError",
     "PauseRefusedError",
+    "RecompilationLimitError",
     "SafetyError",
+    "TeacherMemoryExceededError",
     "UnknownBreakerError",
 ]
 
@@ -54,3 +58,19 @@ class IllegalTransitionError(SafetyError):
 
 class PauseRefusedError(SafetyError):
     """A pause could not be entered (no quota left, or pause semantics are disabled)."""
+
+
+class NotPausedError(SafetyError):
+    """The identity kernel was asked for outside a pause."""
+
+
+class RecompilationLimitError(SafetyError, RuntimeError):
+    """A compiled module recompiled more often than `max_recompilations` allows (recorded by the breaker)."""
+
+
+class CheckpointOverheadError(SafetyError, RuntimeError):
+    """Activation checkpointing costs more than the critical 30% overhead (recorded by the breaker)."""
+
+
+class TeacherMemoryExceededError(SafetyError, MemoryError):
+    """The teacher model's memory is above its limit (recorded by the breaker)."""

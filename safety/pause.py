@@ -1,0 +1,257 @@
+"""Pause with identity kernels, and the pause quota.
+
+`pause_enter` / `pause_exit` / `pause_expired` and `quota_request` are pure functions of (state, event, now);
+`PauseController` and `PauseQuota` are their thread-safe shells that read the injected clock and emit events.
+A pause is bounded: it ends by command, or by itself once its allowed duration (the smaller of the command's
+maximum, the configured maximum and the quota granted) has passed.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from esper.proto import leyline_pb2 as pb
+from esper.safety.clock import Clock, monotonic_ms
+from esper.safety.events import EventSink, NullSink, safety_event
+from esper.safety.exceptions import NotPausedError
+
+__all__ = [
+    "PauseController",
+    "PauseQuota",
+    "Paused",
+    "QuotaDecision",
+    "QuotaState",
+    "pause_enter",
+    "pause_exit",
+    "pause_expired",
+    "quota_request",
+]
+
+X = TypeVar("X")
+
+
+@dataclass(frozen=True)
+class Paused:
+    """The state of a pause in force (no pause is `None`)."""
+
+    reason: str
+    since_ms: float
+    allowed_ms: float
+    quota_ms: int
+    command_id: str = ""
+
+    def elapsed_ms(self, now_ms: float) -> float:
+        return max(0.0, now_ms - self.since_ms)
+
+    def remaining_ms(self, now_ms: float) -> float:
+        return max(0.0, self.allowed_ms - self.elapsed_ms(now_ms))
+
+
+def pause_enter(
+    state: Paused | None, now_ms: float, reason: str, allowed_ms: float, quota_ms: int, command_id: str = ""
+) -> tuple[Paused, bool]:
+    """The new state and whether a pause was entered (False: already paused, the pause in force is kept)."""
+    if state is not None:
+        return state, False
+    return Paused(reason, now_ms, allowed_ms, quota_ms, command_id), True
+
+
+def pause_exit(state: Paused | None, now_ms: float) -> tuple[None, float | None]:
+    """No pause, and the duration of the pause that ended (None when there was none)."""
+    return None, (None if state is None else state.elapsed_ms(now_ms))
+
+
+def pause_expired(state: Paused | None, now_ms: float) -> bool:
+    return state is not None and state.elapsed_ms(now_ms) >= state.allowed_ms
+
+
+class PauseController:
+    """The pause of one slot (or instance): enter, exit, expire, the identity kernel, stats and events."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        slot_id: str = "",
+        *,
+        max_duration_ms: float = 30_000,
+        clock: Clock = monotonic_ms,
+        sink: EventSink | None = None,
+    ) -> None:
+        self.instance_id = instance_id
+        self.slot_id = slot_id
+        self.max_duration_ms = max_duration_ms
+        self._clock = clock
+        self._sink: EventSink = sink or NullSink()
+        self._state: Paused | None = None
+        self._lock = threading.Lock()
+        self.identity_calls = 0
+
+    @property
+    def is_paused(self) -> bool:
+        return self._state is not None
+
+    @property
+    def state(self) -> Paused | None:
+        return self._state
+
+    def enter_pause_with_identity_kernel(
+        self, reason: str, quota_ms: int = 1000, max_duration_ms: float | None = None, command_id: str = ""
+    ) -> bool:
+        """Enter a pause allowed to last min(max_duration_ms, the configured maximum); False when already paused."""
+        now = self._clock()
+        allowed = min(self.max_duration_ms, max_duration_ms or self.max_duration_ms)
+        with self._lock:
+            self._state, entered = pause_enter(self._state, now, reason, allowed, quota_ms, command_id)
+        if entered:
+            detail = pb.PauseEntered(
+                instance_id=self.instance_id,
+                slot_id=self.slot_id,
+                reason=reason,
+                quota_ms=quota_ms,
+                identity_kernel_active=True,
+                max_duration_ms=int(allowed),
+                command_id=command_id,
+            )
+            self._emit(pb.TELEMETRY_INFO, f"pause entered on {self._where()}: {reason}", detail)
+        return entered
+
+    def exit_pause(self, cause: str = "command", command_id: str = "") -> bool:
+        """Leave the pause; False when not paused."""
+        now = self._clock()
+        with self._lock:
+            self._state, duration = pause_exit(self._state, now)
+        if duration is None:
+            return False
+        detail = pb.PauseExited(
+            instance_id=self.instance_id,
+            slot_id=self.slot_id,
+            duration_ms=int(duration),
+            cause=cause,
+            command_id=command_id,
+        )
+        self._emit(pb.TELEMETRY_INFO, f"pause exited on {self._where()} after {duration:.0f} ms ({cause})", detail)
+        return True
+
+    def expire_if_due(self) -> bool:
+        """End the pause when its allowed duration has passed; True when it ended now."""
+        with self._lock:
+            due = pause_expired(self._state, self._clock())
+        return due and self.exit_pause(cause="expired")
+
+    def identity_kernel_output(self, x: X) -> X:
+        """The identity kernel: the input itself, values unchanged. Raises NotPausedError outside a pause."""
+        if self._state is None:
+            raise NotPausedError(f"identity kernel used outside a pause on {self._where()}")
+        self.identity_calls += 1
+        return x
+
+    def get_pause_stats(self) -> dict[str, Any]:
+        now = self._clock()
+        state = self._state
+        return {
+            "is_paused": state is not None,
+            "pause_reason": state.reason if state else None,
+            "pause_duration_ms": state.elapsed_ms(now) if state else 0.0,
+            "identity_kernel_active": state is not None,
+            "pause_quota_remaining": state.remaining_ms(now) if state else 0.0,
+            "identity_calls": self.identity_calls,
+        }
+
+    def _where(self) -> str:
+        return f"{self.instance_id}/{self.slot_id}" if self.slot_id else self.instance_id
+
+    def _emit(self, severity: pb.TelemetryLevel, message: str, detail: pb.PauseEntered | pb.PauseExited) -> None:
+        self._sink.emit(safety_event(severity, message, detail, source_id=self.instance_id))
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    """Pause time granted in the current interval."""
+
+    used: int
+    window_start_ms: float
+
+
+@dataclass(frozen=True)
+class QuotaDecision:
+    """A grant: full (requested <= remaining), partial (what was left) or denied (nothing left)."""
+
+    outcome: int  # pb.QuotaOutcome
+    requested: int
+    granted: int
+    remaining: int
+
+    @property
+    def full(self) -> bool:
+        return self.outcome == pb.QUOTA_FULL
+
+
+def quota_request(
+    state: QuotaState, now_ms: float, requested: int, max_quota: int, interval_ms: int
+) -> tuple[QuotaState, QuotaDecision, int | None]:
+    """(new state, decision, the previous interval's use when the interval rolled over before deciding, else None)."""
+    reset_from: int | None = None
+    if now_ms - state.window_start_ms >= interval_ms:
+        reset_from = state.used
+        state = QuotaState(0, now_ms)
+    remaining = max_quota - state.used
+    if requested <= remaining:
+        outcome, granted = pb.QUOTA_FULL, requested
+    elif remaining > 0:
+        outcome, granted = pb.QUOTA_PARTIAL, remaining
+    else:
+        outcome, granted = pb.QUOTA_DENIED, 0
+    state = QuotaState(state.used + granted, state.window_start_ms)
+    return state, QuotaDecision(outcome, requested, granted, max_quota - state.used), reset_from
+
+
+class PauseQuota:
+    """Server-side pause-quota enforcement: at most `max_quota` ms of pause per `interval_ms`."""
+
+    def __init__(
+        self,
+        max_quota: int = 10_000,
+        interval_ms: int = 60_000,
+        *,
+        clock: Clock = monotonic_ms,
+        sink: EventSink | None = None,
+        source_id: str = "",
+    ) -> None:
+        self.max_quota = max_quota
+        self.interval_ms = interval_ms
+        self._clock = clock
+        self._sink: EventSink = sink or NullSink()
+        self._source_id = source_id
+        self._state = QuotaState(0, clock())
+        self._lock = threading.Lock()
+
+    def request_pause_quota(self, requested: int) -> QuotaDecision:
+        now = self._clock()
+        with self._lock:
+            self._state, decision, reset_from = quota_request(
+                self._state, now, requested, self.max_quota, self.interval_ms
+            )
+        if reset_from is not None:
+            reset = pb.QuotaReset(previous_used=reset_from, max_quota=self.max_quota, interval_ms=self.interval_ms)
+            self._emit(pb.TELEMETRY_INFO, f"pause quota reset to {self.max_quota}", reset)
+        detail = pb.QuotaDecision(
+            outcome=decision.outcome,  # type: ignore[arg-type]
+            requested=requested,
+            granted=decision.granted,
+            used=self.max_quota - decision.remaining,
+            remaining=decision.remaining,
+            max_quota=self.max_quota,
+        )
+        severity = pb.TELEMETRY_INFO if decision.full else pb.TELEMETRY_WARN
+        label = pb.QuotaOutcome.Name(decision.outcome)
+        self._emit(severity, f"pause quota {label}: {decision.granted}/{requested} ms", detail)
+        return decision
+
+    @property
+    def remaining(self) -> int:
+        return self.max_quota - self._state.used
+
+    def _emit(self, severity: pb.TelemetryLevel, message: str, detail: pb.QuotaDecision | pb.QuotaReset) -> None:
+        self._sink.emit(safety_event(severity, message, detail, source_id=self._source_id))

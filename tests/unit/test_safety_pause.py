@@ -1,0 +1,105 @@
+"""Pause (identity kernel, bounded duration) and the pause quota, as pure functions and as shells."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esper.proto import leyline_pb2 as pb
+from esper.safety.clock import ManualClock
+from esper.safety.events import MemorySink
+from esper.safety.exceptions import NotPausedError
+from esper.safety.pause import (
+    PauseController,
+    PauseQuota,
+    QuotaState,
+    pause_enter,
+    pause_exit,
+    pause_expired,
+    quota_request,
+)
+
+
+def test_pure_pause_transitions() -> None:
+    state, entered = pause_enter(None, 100, "ops", 50, 10)
+    assert entered and state.since_ms == 100
+    again, entered_again = pause_enter(state, 120, "other", 999, 10)
+    assert again is state and not entered_again
+    assert not pause_expired(state, 149) and pause_expired(state, 150)
+    assert pause_exit(state, 130) == (None, 30)
+    assert pause_exit(None, 130) == (None, None)
+
+
+def test_identity_kernel_returns_the_input_itself_only_while_paused() -> None:
+    sink = MemorySink()
+    p = PauseController("k1", "s0", clock=ManualClock(), sink=sink)
+    x = torch.randn(3, 4)
+    with pytest.raises(NotPausedError):
+        p.identity_kernel_output(x)
+    assert p.enter_pause_with_identity_kernel("maintenance", quota_ms=500)
+    out = p.identity_kernel_output(x)
+    assert out is x and torch.equal(out, x)
+    (entered,) = sink.of_kind("pause_entered")
+    assert entered.pause_entered.slot_id == "s0" and entered.pause_entered.identity_kernel_active
+
+
+def test_pause_expires_after_its_maximum_duration() -> None:
+    clock = ManualClock()
+    sink = MemorySink()
+    p = PauseController("k1", max_duration_ms=1000, clock=clock, sink=sink)
+    p.enter_pause_with_identity_kernel("x", max_duration_ms=400)
+    clock.advance(399)
+    assert not p.expire_if_due() and p.is_paused
+    assert p.get_pause_stats()["pause_quota_remaining"] == 1
+    clock.advance(1)
+    assert p.expire_if_due() and not p.is_paused
+    (exited,) = sink.of_kind("pause_exited")
+    assert (exited.pause_exited.cause, exited.pause_exited.duration_ms) == ("expired", 400)
+
+
+def test_configured_maximum_caps_a_command_asking_for_more() -> None:
+    clock = ManualClock()
+    p = PauseController("k1", max_duration_ms=100, clock=clock)
+    p.enter_pause_with_identity_kernel("x", max_duration_ms=10_000)
+    clock.advance(100)
+    assert p.expire_if_due()
+
+
+def test_exit_reports_duration_and_cause() -> None:
+    clock = ManualClock()
+    sink = MemorySink()
+    p = PauseController("k1", clock=clock, sink=sink)
+    assert not p.exit_pause()
+    p.enter_pause_with_identity_kernel("x")
+    clock.advance(25)
+    stats = p.get_pause_stats()
+    assert stats["is_paused"] and stats["pause_duration_ms"] == 25 and stats["pause_reason"] == "x"
+    assert p.exit_pause(command_id="c1")
+    assert sink.of_kind("pause_exited")[0].pause_exited.command_id == "c1"
+    assert p.get_pause_stats()["is_paused"] is False
+
+
+def test_quota_full_partial_denied_and_reset() -> None:
+    s = QuotaState(0, 0)
+    s, d, reset = quota_request(s, 0, 600, 1000, 60_000)
+    assert (d.outcome, d.granted, d.remaining, reset) == (pb.QUOTA_FULL, 600, 400, None)
+    s, d, _ = quota_request(s, 10, 600, 1000, 60_000)
+    assert (d.outcome, d.granted, d.remaining) == (pb.QUOTA_PARTIAL, 400, 0)
+    s, d, _ = quota_request(s, 20, 1, 1000, 60_000)
+    assert (d.outcome, d.granted) == (pb.QUOTA_DENIED, 0)
+    s, d, reset = quota_request(s, 60_000, 300, 1000, 60_000)
+    assert (d.outcome, d.granted, reset, s.window_start_ms) == (pb.QUOTA_FULL, 300, 1000, 60_000)
+
+
+def test_quota_shell_reports_every_decision_and_reset() -> None:
+    clock = ManualClock()
+    sink = MemorySink()
+    q = PauseQuota(1000, 60_000, clock=clock, sink=sink)
+    assert q.request_pause_quota(1500).granted == 1000
+    assert q.request_pause_quota(1).granted == 0
+    clock.advance(60_000)
+    assert q.request_pause_quota(10).full and q.remaining == 990
+    outcomes = [e.quota_decision.outcome for e in sink.of_kind("quota_decision")]
+    assert outcomes == [pb.QUOTA_PARTIAL, pb.QUOTA_DENIED, pb.QUOTA_FULL]
+    (reset,) = sink.of_kind("quota_reset")
+    assert reset.quota_reset.previous_used == 1000
