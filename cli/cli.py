@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from esper.compiler.wal_cli import app as wal_app
 from esper.settings import EsperSettings, load_settings
 from esper.streams.exceptions import StreamsError
 
@@ -26,6 +27,7 @@ topics_app = typer.Typer(help="The Leyline topic registry.", no_args_is_help=Tru
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 # Subcommand groups of the other packages are registered here, one line each.
+app.add_typer(wal_app, name="wal")
 
 err = Console(stderr=True)
 out = Console()

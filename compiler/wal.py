@@ -1,0 +1,569 @@
+"""Tezzeret's crash-safe write-ahead log: segments, group commit, recovery, retirement.
+
+The imperative shell around `wal_format` (codec, hashes) and `wal_scan` (recovery classification). All I/O goes
+through an injectable `FileSystem`, so tests can put a power-loss simulator or a fault injector under the same code.
+Format and rules: WAL-FORMAT.md.
+
+Usage::
+
+    wal = Wal.open(path, {"compiler": "0.1", "torch": "2.8", "flags": "...", "device": "cuda:0"})
+    wal.begin(job); wal.data(job, blob); wal.commit(job)   # each returns its LSN once durable
+    wal.unsettled_jobs()                                  # after a crash: jobs with no durable COMMIT/ABORT
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import crc32c
+
+from esper.compiler.exceptions import WalClosedError, WalCorruptionError, WalFatalError, WalIOError
+from esper.compiler.fsio import FileSystem, OsFs
+from esper.compiler.wal_format import (
+    CHAINED,
+    HEADER_SIZE,
+    ZERO32,
+    CheckpointBody,
+    Header,
+    MerkleFrontier,
+    RecordType,
+    SegmentBody,
+    canonical_context,
+    chain_next,
+    context_root,
+    context_sha,
+    encode_header,
+    genesis_chain,
+    leaf_hash,
+    padded,
+)
+from esper.compiler.wal_scan import RecoveryReport, ScannedRecord, ScanState, scan_segment
+
+__all__ = ["Entry", "RecordType", "RecoveryReport", "Wal", "WalConfig", "recover", "segment_name"]
+
+SEGMENT_SUFFIX = ".seg"
+TMP_SUFFIX = ".tmp"
+
+
+def segment_name(segment_id: int) -> str:
+    return f"wal-{segment_id:016x}{SEGMENT_SUFFIX}"
+
+
+def _segment_id(name: str) -> int | None:
+    if name.startswith("wal-") and name.endswith(SEGMENT_SUFFIX) and len(name) == 4 + 16 + len(SEGMENT_SUFFIX):
+        try:
+            return int(name[4:20], 16)
+        except ValueError:
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class WalConfig:
+    """Sizes and cadences, validated once."""
+
+    segment_size: int = 64 << 20
+    checkpoint_every: int = 4096  # records between Merkle checkpoints
+    max_batch_records: int = 4096
+    max_batch_bytes: int = 32 << 20
+    verify_payload_sha: bool = False  # recovery re-hashes payloads (CRC32C always checked)
+
+    def __post_init__(self) -> None:
+        if self.segment_size < 4096 or self.segment_size % 4096:
+            raise ValueError("segment_size must be a positive multiple of 4096")
+        if self.checkpoint_every < 1 or self.max_batch_records < 1 or self.max_batch_bytes < 1:
+            raise ValueError("cadences must be positive")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One record to append: a transaction-style entry of a compilation job."""
+
+    type: RecordType
+    txn: bytes  # 16-byte job id
+    payload: bytes = b""
+
+    def __post_init__(self) -> None:
+        if len(self.txn) != 16:
+            raise ValueError("txn must be 16 bytes")
+        if self.type in (RecordType.SEGMENT, RecordType.CHECKPOINT):
+            raise ValueError("SEGMENT and CHECKPOINT records are written by the WAL itself")
+
+
+def recover(
+    path: str,
+    fs: FileSystem | None = None,
+    *,
+    repair: bool = True,
+    verify_payload_sha: bool = False,
+    keep_payloads: bool = False,
+) -> RecoveryReport:
+    """Scan every segment, oldest first; with `repair`, cut a torn tail (and sync the cut) and delete stray tmp files.
+
+    Never raises on bad bytes: corruption is reported (scanning stops there) and the caller decides.
+    Running it again after it (or a crash during it) yields the same records.
+    """
+    fs = fs or OsFs()
+    t0 = time.perf_counter()
+    report = RecoveryReport(path=path)
+    if not fs.exists(path):
+        return report
+    names = sorted(fs.listdir(path))
+    tmps = [n for n in names if n.endswith(TMP_SUFFIX)]
+    if repair and tmps:
+        for n in tmps:
+            fs.unlink(os.path.join(path, n))
+        fs.fsync_dir(path)
+        report.deleted_tmp = tmps
+    segs = sorted((sid, n) for n in names if (sid := _segment_id(n)) is not None)
+    state: ScanState | None = None
+    for i, (sid, name) in enumerate(segs):
+        full = os.path.join(path, name)
+        with fs.mapped(full) as buf:
+            scan = scan_segment(
+                buf,
+                name,
+                sid,
+                state,
+                is_last=i == len(segs) - 1,
+                verify_payload_sha=verify_payload_sha,
+                keep_payloads=keep_payloads,
+            )
+            size = len(buf)
+        report.bytes_scanned += scan.end
+        report.segments.append(name)
+        report.records.extend(scan.records)
+        report.checkpoints.extend(scan.checkpoints)
+        report.findings.append(scan.finding)
+        report.last_segment_id = sid
+        if scan.finding.kind == "corruption":
+            state = scan.state
+            break
+        state = scan.state
+        cut = scan.finding.truncate_to
+        if cut is not None and repair and size > cut:
+            fd = fs.open_rw(full)
+            try:
+                fs.ftruncate(fd, cut)
+                fs.fsync(fd)  # the cut must be durable before a new segment follows this one
+            finally:
+                fs.close(fd)
+            report.truncated.append((name, size, cut))
+    if state is not None:
+        report.wal_uuid = uuid.UUID(bytes=state.wal_uuid).hex
+    report.state = state
+    report.duration_s = time.perf_counter() - t0
+    return report
+
+
+@dataclass
+class _Request:
+    entries: Sequence[Entry]
+    lsns: list[int] = field(default_factory=list)
+    error: BaseException | None = None
+    done: bool = False
+
+
+class Wal:
+    """The write-ahead log of one Tezzeret instance. Thread-safe; appends return only after their bytes are durable."""
+
+    def __init__(
+        self,
+        path: str,
+        fs: FileSystem,
+        config: WalConfig,
+        context: Mapping[str, str],
+        report: RecoveryReport,
+        state: ScanState,
+        epoch: int,
+    ) -> None:
+        self.path = path
+        self.fs = fs
+        self.config = config
+        self.context = dict(context)
+        self.recovery = report
+        self._ctx_json = canonical_context(context)
+        self._ctx_sha = context_sha(self._ctx_json)
+        self._uuid = state.wal_uuid
+        self._next_lsn = state.next_lsn
+        self._chain = state.prev_chain
+        self._batch_id = state.next_batch_id
+        self._frontier = state.frontier or MerkleFrontier()
+        self._epoch = epoch
+        self._seg_fd: int | None = None
+        self._seg_id = report.last_segment_id
+        self._seg_off = 0
+        self._seg_size = 0
+        self._prev_off = 0
+        self._since_checkpoint = 0
+        self._segments: list[int] = sorted({_segment_id(n) or 0 for n in report.segments})
+        self._seg_txns: dict[int, set[bytes]] = {s: set() for s in self._segments}
+        self._unsettled: dict[bytes, int] = {}  # job -> LSN of its first record
+        self._settled: set[bytes] = set()
+        for r in report.records:
+            self._track(r.type, r.txn, r.segment_id, r.lsn)
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._queue: list[_Request] = []
+        self._leader = False
+        self._fatal: BaseException | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        context: Mapping[str, str],
+        *,
+        config: WalConfig | None = None,
+        fs: FileSystem | None = None,
+    ) -> Wal:
+        """Recover the directory (creating it if needed), refuse on corruption, start a new segment, new epoch."""
+        fs = fs or OsFs()
+        config = config or WalConfig()
+        if not fs.exists(path):
+            fs.mkdir(path)
+            fs.fsync_dir(os.path.dirname(os.path.abspath(path)))
+        report = recover(path, fs, repair=True, verify_payload_sha=config.verify_payload_sha)
+        if report.corruption is not None:
+            raise WalCorruptionError(report)
+        state = report.state
+        if state is None:  # a new WAL
+            wal_uuid = uuid.uuid4().bytes
+            state = ScanState(wal_uuid, 1, genesis_chain(wal_uuid), 0, 0, MerkleFrontier())
+        wal = cls(path, fs, config, context, report, state, state.epoch + 1)
+        try:
+            wal._roll(0)
+        except OSError as e:
+            wal._fatal = WalIOError(f"creating a segment failed: {e}")
+            raise wal._fatal from e
+        return wal
+
+    # ------------------------------------------------------------------ public API
+
+    def append(self, type: RecordType, txn: bytes, payload: bytes = b"") -> int:
+        """Append one entry; returns its LSN once durable."""
+        return self.append_batch([Entry(type, txn, payload)])[0]
+
+    def append_batch(self, entries: Sequence[Entry]) -> list[int]:
+        """Append entries atomically (same group-commit batch: all or none survive a crash); LSNs once durable."""
+        if not entries:
+            return []
+        req = _Request(entries)
+        with self._cv:
+            self._check_usable()
+            self._queue.append(req)
+            while not req.done:
+                if self._leader:
+                    self._cv.wait()
+                    continue
+                self._leader = True
+                try:
+                    self._lead()
+                finally:
+                    self._leader = False
+                    self._cv.notify_all()
+        if req.error is not None:
+            raise req.error
+        return req.lsns
+
+    def begin(self, txn: bytes, payload: bytes = b"") -> int:
+        return self.append(RecordType.BEGIN, txn, payload)
+
+    def data(self, txn: bytes, payload: bytes) -> int:
+        return self.append(RecordType.DATA, txn, payload)
+
+    def commit(self, txn: bytes, payload: bytes = b"") -> int:
+        return self.append(RecordType.COMMIT, txn, payload)
+
+    def abort(self, txn: bytes, payload: bytes = b"") -> int:
+        return self.append(RecordType.ABORT, txn, payload)
+
+    def unsettled_jobs(self) -> dict[bytes, int]:
+        """Jobs with a durable record but no durable COMMIT or ABORT: job id -> LSN of its first retained record."""
+        with self._lock:
+            return dict(self._unsettled)
+
+    def checkpoint(self) -> int:
+        """Write a Merkle checkpoint now (its own batch); returns its LSN once durable."""
+        req = _Request([], lsns=[])
+        with self._cv:
+            self._check_usable()
+            while self._leader:
+                self._cv.wait()
+            self._leader = True
+            try:
+                self._write_batch([], with_checkpoint=True, reqs=[req])
+            finally:
+                self._leader = False
+                self._cv.notify_all()
+        if req.error is not None:
+            raise req.error
+        return self._next_lsn - 1
+
+    def merkle_root(self) -> bytes:
+        with self._lock:
+            return self._frontier.root()
+
+    def retire_settled(self) -> list[str]:
+        """Delete the oldest segments whose every job is settled (never the active one); returns their names."""
+        with self._cv:
+            self._check_usable()
+            while self._leader:
+                self._cv.wait()
+            retired: list[str] = []
+            try:
+                for sid in list(self._segments):
+                    if sid == self._seg_id or any(t not in self._settled for t in self._seg_txns.get(sid, ())):
+                        break
+                    self.fs.unlink(os.path.join(self.path, segment_name(sid)))
+                    retired.append(segment_name(sid))
+                    self._segments.remove(sid)
+                    self._seg_txns.pop(sid, None)
+                if retired:
+                    self.fs.fsync_dir(self.path)
+            except OSError as e:
+                self._fatal = WalIOError(f"retiring segments failed: {e}")
+                raise self._fatal from e
+            return retired
+
+    @property
+    def segments(self) -> list[str]:
+        with self._lock:
+            return [segment_name(s) for s in self._segments]
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def wal_uuid(self) -> str:
+        return uuid.UUID(bytes=self._uuid).hex
+
+    def close(self) -> None:
+        with self._cv:
+            while self._leader:
+                self._cv.wait()
+            self._closed = True
+            if self._seg_fd is not None:
+                fd, self._seg_fd = self._seg_fd, None
+                self.fs.close(fd)
+
+    def __enter__(self) -> Wal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ group commit (leader holds _leader)
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise WalClosedError("WAL closed")
+        if self._fatal is not None:
+            raise WalFatalError(f"WAL failed earlier ({self._fatal}); reopen it through recovery")
+
+    def _lead(self) -> None:
+        """Take queued requests (whole ones, in order), write them as one batch, sync once, wake their owners."""
+        while self._queue:
+            if self._fatal is not None:
+                for r in self._queue:
+                    r.error, r.done = WalFatalError(f"WAL failed earlier ({self._fatal})"), True
+                self._queue.clear()
+                return
+            reqs: list[_Request] = []
+            count = nbytes = 0
+            while self._queue:
+                r = self._queue[0]
+                size = sum(HEADER_SIZE + padded(len(e.payload)) for e in r.entries)
+                if reqs and (
+                    count + len(r.entries) > self.config.max_batch_records
+                    or nbytes + size > self.config.max_batch_bytes
+                ):
+                    break
+                reqs.append(self._queue.pop(0))
+                count += len(r.entries)
+                nbytes += size
+            entries = [e for r in reqs for e in r.entries]
+            self._cv.release()  # appenders keep queueing while this batch is written and synced
+            try:
+                self._write_batch(entries, with_checkpoint=False, reqs=reqs)
+            finally:
+                self._cv.acquire()
+            for r in reqs:
+                for entry, lsn in zip(r.entries, r.lsns, strict=False):  # no lsns when the batch failed
+                    self._track(entry.type, entry.txn, self._seg_id, lsn)
+                r.done = True
+            self._cv.notify_all()
+
+    def _write_batch(self, entries: list[Entry], *, with_checkpoint: bool, reqs: list[_Request]) -> None:
+        """Build, write (one pwrite), sync (one fdatasync); on any error the WAL is dead and nothing is acked."""
+        try:
+            if self._fatal is not None:
+                raise WalFatalError(f"WAL failed earlier ({self._fatal})")
+            cp = with_checkpoint or self._since_checkpoint + len(entries) >= self.config.checkpoint_every
+            need = sum(HEADER_SIZE + padded(len(e.payload)) for e in entries)
+            need += HEADER_SIZE + padded(self._checkpoint_payload_size()) if cp else 0
+            if self._seg_off + need > self._seg_size:
+                self._roll(need)
+            data, lsns = self._encode_batch(entries, cp)
+            self._durable_write(data)
+        except WalFatalError as e:
+            for r in reqs:
+                r.error = e
+            return
+        except OSError as e:
+            self._fatal = WalIOError(f"segment {segment_name(self._seg_id)}: {e}")
+            for r in reqs:
+                r.error = self._fatal
+            return
+        pos = 0
+        for r in reqs:
+            r.lsns = lsns[pos : pos + len(r.entries)]
+            pos += len(r.entries)
+
+    def _durable_write(self, data: bytes) -> None:
+        """The only place batch bytes reach the segment: pwrite them, then fdatasync; never retried."""
+        assert self._seg_fd is not None
+        n = self.fs.pwrite(self._seg_fd, data, self._seg_off)
+        if n != len(data):
+            raise OSError(f"short write: {n} of {len(data)} bytes")
+        self._seg_off += len(data)
+        self._sync_segment(self._seg_fd)
+
+    def _sync_segment(self, fd: int) -> None:
+        self.fs.fdatasync(fd)
+
+    def _sync_dir(self) -> None:
+        self.fs.fsync_dir(self.path)
+
+    # ------------------------------------------------------------------ records
+
+    def _record(self, rtype: int, txn: bytes, payload: bytes, bidx: int, bcount: int, ts: int) -> bytes:
+        """One encoded record at the current position; advances LSN, chain, Merkle frontier and offsets."""
+        plen = len(payload)
+        h = Header(
+            rtype,
+            plen,
+            self._next_lsn,
+            self._prev_off,
+            self._seg_off + HEADER_SIZE + padded(plen),
+            self._uuid,
+            self._seg_id,
+            self._epoch,
+            txn,
+            self._batch_id,
+            bidx,
+            bcount,
+            ts,
+            hashlib.sha256(payload).digest(),
+            self._ctx_sha,
+            ZERO32,
+            crc32c.crc32c(payload),
+        )
+        prefix = encode_header(h)[:CHAINED]
+        chain = chain_next(self._chain, prefix)
+        raw = encode_header(dataclasses.replace(h, chain=chain))
+        self._chain = chain
+        self._frontier.append(leaf_hash(prefix))
+        self._next_lsn += 1
+        self._prev_off = self._seg_off
+        self._seg_off += HEADER_SIZE + padded(plen)
+        self._since_checkpoint += 1
+        return raw + payload + bytes(padded(plen) - plen)
+
+    def _checkpoint_payload_size(self) -> int:
+        return 104 + 32 * (bin(self._next_lsn - 1).count("1")) + 4 + len(self._ctx_json)
+
+    def _checkpoint_payload(self) -> bytes:
+        size = self._frontier.size
+        assert size == self._next_lsn - 1 and self._frontier.roots is not None
+        root = self._frontier.root()
+        body = CheckpointBody(
+            size,
+            root,
+            self._chain,
+            context_root(size, root, self._ctx_sha),
+            tuple(self._frontier.roots),
+            self._ctx_json,
+        )
+        return body.encode()
+
+    def _encode_batch(self, entries: list[Entry], with_checkpoint: bool) -> tuple[bytes, list[int]]:
+        """Encode a batch at the current offset (state advances as if written; any later error is fatal)."""
+        count = len(entries) + (1 if with_checkpoint else 0)
+        ts = time.time_ns()
+        start = self._seg_off
+        parts: list[bytes] = []
+        lsns: list[int] = []
+        for i, e in enumerate(entries):
+            lsns.append(self._next_lsn)
+            parts.append(self._record(int(e.type), e.txn, e.payload, i, count, ts))
+        if with_checkpoint:
+            parts.append(
+                self._record(RecordType.CHECKPOINT, bytes(16), self._checkpoint_payload(), count - 1, count, ts)
+            )
+            self._since_checkpoint = 0
+        self._batch_id += 1
+        self._seg_off = start  # _durable_write advances it once the bytes are written
+        return b"".join(parts), lsns
+
+    def _roll(self, need: int) -> None:
+        """Start a new segment: tmp, preallocate, SEGMENT + CHECKPOINT, fsync, rename, fsync the directory."""
+        old_fd = self._seg_fd
+        sid = self._seg_id + 1
+        head_size = 2 * HEADER_SIZE + padded(48) + padded(self._checkpoint_payload_size() + 32)
+        size = max(self.config.segment_size, (head_size + need + 4095) // 4096 * 4096)
+        final = os.path.join(self.path, segment_name(sid))
+        tmp = final + TMP_SUFFIX
+        fd = self.fs.open_create(tmp)
+        self._seg_fd, self._seg_id, self._seg_off, self._seg_size, self._prev_off = fd, sid, 0, size, 0
+        self.fs.fallocate(fd, 0, size)
+        ts = time.time_ns()
+        seg_body = SegmentBody(self._chain, self._next_lsn, size).encode()
+        head = self._record(RecordType.SEGMENT, bytes(16), seg_body, 0, 2, ts)
+        head += self._record(RecordType.CHECKPOINT, bytes(16), self._checkpoint_payload(), 1, 2, ts)
+        self._since_checkpoint = 0
+        self._batch_id += 1
+        n = self.fs.pwrite(fd, head, 0)
+        if n != len(head):
+            raise OSError(f"short write: {n} of {len(head)} bytes")
+        self.fs.fsync(fd)
+        self.fs.rename(tmp, final)
+        self._sync_dir()  # the new name must be durable before any record in it is acknowledged
+        self._segments.append(sid)
+        self._seg_txns[sid] = set()
+        if old_fd is not None:
+            self.fs.close(old_fd)
+
+    def _track(self, rtype: int, txn: bytes, segment_id: int, lsn: int) -> None:
+        if rtype in (RecordType.SEGMENT, RecordType.CHECKPOINT):
+            return
+        self._seg_txns.setdefault(segment_id, set()).add(txn)
+        if rtype in (RecordType.COMMIT, RecordType.ABORT):
+            self._settled.add(txn)
+            self._unsettled.pop(txn, None)
+        elif txn not in self._settled:
+            self._unsettled.setdefault(txn, lsn)
+
+
+def unsettled_in(records: Sequence[ScannedRecord]) -> dict[bytes, int]:
+    """Pure: jobs with records but no COMMIT/ABORT among `records` (job -> first LSN)."""
+    settled: set[bytes] = set()
+    out: dict[bytes, int] = {}
+    for r in records:
+        if r.type in (RecordType.COMMIT, RecordType.ABORT):
+            settled.add(r.txn)
+            out.pop(r.txn, None)
+        elif r.type not in (RecordType.SEGMENT, RecordType.CHECKPOINT) and r.txn not in settled:
+            out.setdefault(r.txn, r.lsn)
+    return out

@@ -1,0 +1,342 @@
+"""The WAL's on-disk format as pure functions: header codec, hash chain, RFC 6962 Merkle tree, system payloads.
+
+Follows WAL-FORMAT.md field by field; no I/O here.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import crc32c
+
+__all__ = [
+    "HEADER_SIZE",
+    "MAGIC",
+    "CheckpointBody",
+    "Header",
+    "MerkleFrontier",
+    "RecordType",
+    "SegmentBody",
+    "chain_next",
+    "context_sha",
+    "decode_header",
+    "encode_header",
+    "genesis_chain",
+    "padded",
+]
+
+MAGIC = b"ESPERWAL"
+VERSION = 1
+ENDIAN_MARK = 0x0102
+HEADER_SIZE = 256
+ALIGN = 256
+SENTINEL = 0x5AFEC0DE
+CHAINED = 184  # header[0:184] feeds the chain hash and the Merkle leaf
+ZERO32 = bytes(32)
+
+# magic, version, endian, type, flags, hlen, plen, reserved | lsn, prev, next | uuid | segment, epoch | txn |
+# batch id, index, count | timestamp | payload sha, ctx sha, chain | reserved | payload crc, sentinel, header crc
+_FMT = struct.Struct("<8sHHBBHII QQQ 16s QQ 16s QII Q 32s32s32s 28s III")
+assert _FMT.size == HEADER_SIZE
+_RESERVED28 = bytes(28)
+
+
+class RecordType(enum.IntEnum):
+    SEGMENT = 1
+    BEGIN = 2
+    DATA = 3
+    COMMIT = 4
+    ABORT = 5
+    CHECKPOINT = 6
+
+
+_TYPES = frozenset(int(t) for t in RecordType)
+
+
+def padded(n: int) -> int:
+    """Payload length rounded up to the record alignment."""
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    type: int
+    payload_len: int
+    lsn: int
+    prev_offset: int
+    next_offset: int
+    wal_uuid: bytes
+    segment_id: int
+    epoch: int
+    txn: bytes
+    batch_id: int
+    batch_index: int
+    batch_count: int
+    timestamp_ns: int
+    payload_sha: bytes
+    ctx_sha: bytes
+    chain: bytes
+    payload_crc: int
+
+    @property
+    def offset(self) -> int:
+        """Where this header says it lives (derived from next offset), checked against where it was found."""
+        return self.next_offset - HEADER_SIZE - padded(self.payload_len)
+
+
+def encode_header(h: Header) -> bytes:
+    """The 256 header bytes, CRC last. `h.chain` must already be computed with `chain_next`."""
+    body = _FMT.pack(
+        MAGIC,
+        VERSION,
+        ENDIAN_MARK,
+        h.type,
+        0,
+        HEADER_SIZE,
+        h.payload_len,
+        0,
+        h.lsn,
+        h.prev_offset,
+        h.next_offset,
+        h.wal_uuid,
+        h.segment_id,
+        h.epoch,
+        h.txn,
+        h.batch_id,
+        h.batch_index,
+        h.batch_count,
+        h.timestamp_ns,
+        h.payload_sha,
+        h.ctx_sha,
+        h.chain,
+        _RESERVED28,
+        h.payload_crc,
+        SENTINEL,
+        0,
+    )
+    return body[:252] + struct.pack("<I", crc32c.crc32c(memoryview(body)[:252]))
+
+
+def chained_prefix(h: Header) -> bytes:
+    """header[0:184] of `h` (what the chain and the Merkle leaf commit to) without the chain field."""
+    return encode_header(h)[:CHAINED]
+
+
+def decode_header(buf: bytes | memoryview, off: int = 0) -> Header | str:
+    """The header at `off`, or the reason it is not a sound header (the caller classifies, never this)."""
+    if off + HEADER_SIZE > len(buf):
+        return "header past end of file"
+    (
+        magic,
+        version,
+        endian,
+        rtype,
+        flags,
+        hlen,
+        plen,
+        res4,
+        lsn,
+        prev,
+        nxt,
+        wal_uuid,
+        segment_id,
+        epoch,
+        txn,
+        batch_id,
+        bidx,
+        bcount,
+        ts,
+        psha,
+        csha,
+        chain,
+        res28,
+        pcrc,
+        sentinel,
+        hcrc,
+    ) = _FMT.unpack_from(buf, off)
+    if crc32c.crc32c(memoryview(buf)[off : off + 252]) != hcrc:
+        return "header crc mismatch"
+    if magic != MAGIC or version != VERSION or endian != ENDIAN_MARK or hlen != HEADER_SIZE or sentinel != SENTINEL:
+        return "bad magic/version/endianness/length/sentinel"
+    if flags or res4 or res28 != _RESERVED28:
+        return "non-zero reserved bytes"
+    if rtype not in _TYPES:
+        return f"unknown record type {rtype}"
+    if bcount == 0 or bidx >= bcount:
+        return "bad batch index/count"
+    return Header(
+        rtype,
+        plen,
+        lsn,
+        prev,
+        nxt,
+        wal_uuid,
+        segment_id,
+        epoch,
+        txn,
+        batch_id,
+        bidx,
+        bcount,
+        ts,
+        psha,
+        csha,
+        chain,
+        pcrc,
+    )
+
+
+def header_slot_unwritten(buf: bytes | memoryview, off: int) -> bool:
+    """True when the header slot looks never written: past EOF, or its sentinel and CRC are zero.
+
+    A header lies inside one 512-byte sector, so a torn write leaves it whole or absent; a kill mid-write leaves at
+    worst a page-granular prefix, which also zeroes the trailing sentinel and CRC. A bit flip never does.
+    """
+    if off + HEADER_SIZE > len(buf):
+        return True
+    return bytes(buf[off + 248 : off + 256]) == bytes(8)
+
+
+def genesis_chain(wal_uuid: bytes) -> bytes:
+    return hashlib.sha256(b"esper-wal-genesis\x00" + wal_uuid).digest()
+
+
+def chain_next(prev_chain: bytes, prefix184: bytes | memoryview) -> bytes:
+    return hashlib.sha256(b"esper-wal-chain\x00" + prev_chain + bytes(prefix184)).digest()
+
+
+def canonical_context(ctx: Mapping[str, str]) -> bytes:
+    return json.dumps(dict(ctx), sort_keys=True, separators=(",", ":")).encode()
+
+
+def context_sha(ctx_json: bytes) -> bytes:
+    return hashlib.sha256(b"esper-wal-ctx\x00" + ctx_json).digest()
+
+
+def leaf_hash(prefix184: bytes | memoryview) -> bytes:
+    return hashlib.sha256(b"\x00" + bytes(prefix184)).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+@dataclass
+class MerkleFrontier:
+    """An append-only RFC 6962 tree kept as the roots of its perfect subtrees (O(log n) state and work per leaf)."""
+
+    size: int = 0
+    roots: list[bytes] | None = None  # largest subtree first
+
+    def __post_init__(self) -> None:
+        if self.roots is None:
+            self.roots = []
+        if len(self.roots) != bin(self.size).count("1"):
+            raise ValueError("frontier does not match the tree size")
+
+    def append(self, leaf: bytes) -> None:
+        assert self.roots is not None
+        node = leaf
+        n = self.size
+        while n & 1:  # each trailing one bit is a perfect subtree of the same height to merge with
+            node = node_hash(self.roots.pop(), node)
+            n >>= 1
+        self.roots.append(node)
+        self.size += 1
+
+    def root(self) -> bytes:
+        assert self.roots is not None
+        if not self.roots:
+            return EMPTY_ROOT
+        acc = self.roots[-1]
+        for r in reversed(self.roots[:-1]):
+            acc = node_hash(r, acc)
+        return acc
+
+    def copy(self) -> MerkleFrontier:
+        assert self.roots is not None
+        return MerkleFrontier(self.size, list(self.roots))
+
+
+def merkle_root(leaves: Sequence[bytes]) -> bytes:
+    """RFC 6962 MTH by the recursive definition (reference for tests)."""
+    n = len(leaves)
+    if n == 0:
+        return EMPTY_ROOT
+    if n == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return node_hash(merkle_root(leaves[:k]), merkle_root(leaves[k:]))
+
+
+def context_root(tree_size: int, root: bytes, ctx_sha: bytes) -> bytes:
+    return hashlib.sha256(b"esper-wal-checkpoint\x00" + struct.pack("<Q", tree_size) + root + ctx_sha).digest()
+
+
+@dataclass(frozen=True)
+class SegmentBody:
+    prev_chain: bytes
+    first_lsn: int
+    segment_size: int
+
+    def encode(self) -> bytes:
+        return self.prev_chain + struct.pack("<QQ", self.first_lsn, self.segment_size)
+
+    @staticmethod
+    def decode(b: bytes) -> SegmentBody | None:
+        if len(b) != 48:
+            return None
+        first, size = struct.unpack_from("<QQ", b, 32)
+        return SegmentBody(bytes(b[:32]), first, size)
+
+
+@dataclass(frozen=True)
+class CheckpointBody:
+    tree_size: int
+    root: bytes
+    chain: bytes
+    ctx_root: bytes
+    frontier: tuple[bytes, ...]
+    context_json: bytes
+
+    def encode(self) -> bytes:
+        return b"".join(
+            [
+                struct.pack("<Q", self.tree_size),
+                self.root,
+                self.chain,
+                self.ctx_root,
+                *self.frontier,
+                struct.pack("<I", len(self.context_json)),
+                self.context_json,
+            ]
+        )
+
+    @staticmethod
+    def decode(b: bytes) -> CheckpointBody | None:
+        try:
+            (size,) = struct.unpack_from("<Q", b, 0)
+            root, chain, croot = b[8:40], b[40:72], b[72:104]
+            k = bin(size).count("1")
+            pos = 104 + 32 * k
+            frontier = tuple(bytes(b[104 + 32 * i : 136 + 32 * i]) for i in range(k))
+            (clen,) = struct.unpack_from("<I", b, pos)
+            ctx = bytes(b[pos + 4 : pos + 4 + clen])
+            if pos + 4 + clen != len(b):
+                return None
+        except struct.error:
+            return None
+        return CheckpointBody(size, bytes(root), bytes(chain), bytes(croot), frontier, ctx)
+
+    def context(self) -> dict[str, str]:
+        out: dict[str, str] = json.loads(self.context_json.decode())
+        return out

@@ -1,0 +1,424 @@
+"""Recovery's functional core: scan segment bytes, accept sound records, classify the first damage.
+
+Pure: takes bytes (or a read-only mmap) and returns what it found; the shell (`wal.py`) reads files, applies the
+truncation this decides, and the caller sets the policy. See WAL-FORMAT.md, "Recovery classification".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import crc32c
+
+from esper.compiler.fsio import ReadBuffer
+from esper.compiler.wal_format import (
+    CHAINED,
+    HEADER_SIZE,
+    MAGIC,
+    CheckpointBody,
+    Header,
+    MerkleFrontier,
+    RecordType,
+    SegmentBody,
+    chain_next,
+    context_root,
+    context_sha,
+    decode_header,
+    header_slot_unwritten,
+    leaf_hash,
+    padded,
+)
+
+__all__ = ["CheckpointInfo", "Finding", "RecoveryReport", "ScanState", "ScannedRecord", "SegmentScan", "scan_segment"]
+
+SECTOR = 512
+FindingKind = Literal["clean_end", "torn_tail", "corruption"]
+
+
+@dataclass(slots=True)
+class ScannedRecord:
+    lsn: int
+    type: int
+    txn: bytes
+    segment_id: int
+    offset: int
+    payload_len: int
+    batch_id: int
+    epoch: int
+    payload: bytes | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    lsn: int
+    segment_id: int
+    tree_size: int
+    root: str
+    context_root: str
+    context: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Where a segment stopped and why. `truncate_to` is set for a torn tail (the start of its unsynced batch)."""
+
+    segment: str
+    offset: int
+    kind: FindingKind
+    reason: str
+    truncate_to: int | None = None
+    dropped_records: int = 0
+
+
+@dataclass
+class ScanState:
+    """What a scan carries from one segment to the next, and what a writer continues from."""
+
+    wal_uuid: bytes
+    next_lsn: int
+    prev_chain: bytes
+    next_batch_id: int
+    epoch: int
+    frontier: MerkleFrontier | None  # None until the oldest retained segment's first checkpoint anchors it
+
+
+@dataclass
+class SegmentScan:
+    segment: str
+    segment_id: int
+    records: list[ScannedRecord]
+    checkpoints: list[CheckpointInfo]
+    end: int  # offset just past the last accepted record
+    finding: Finding
+    state: ScanState | None  # None when the segment header itself was unusable
+
+
+@dataclass
+class RecoveryReport:
+    """What recovery found: accepted records, where each segment ended, the torn tail it cut and any corruption."""
+
+    path: str
+    wal_uuid: str | None = None
+    segments: list[str] = field(default_factory=list)
+    records: list[ScannedRecord] = field(default_factory=list)
+    checkpoints: list[CheckpointInfo] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    truncated: list[tuple[str, int, int]] = field(default_factory=list)  # (segment, old size, new size)
+    deleted_tmp: list[str] = field(default_factory=list)
+    state: ScanState | None = None
+    last_segment_id: int = -1
+    bytes_scanned: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def corruption(self) -> Finding | None:
+        return next((f for f in self.findings if f.kind == "corruption"), None)
+
+    @property
+    def torn_tail(self) -> Finding | None:
+        return next((f for f in self.findings if f.kind == "torn_tail"), None)
+
+    @property
+    def first_lsn(self) -> int | None:
+        return self.records[0].lsn if self.records else None
+
+    @property
+    def last_lsn(self) -> int | None:
+        return self.records[-1].lsn if self.records else None
+
+    def merkle_root(self) -> str | None:
+        st = self.state
+        return st.frontier.root().hex() if st is not None and st.frontier is not None else None
+
+    def to_json(self, with_records: bool = True) -> dict[str, object]:
+        tree = self.state.frontier.size if self.state and self.state.frontier else None
+        out: dict[str, object] = {
+            "path": self.path,
+            "wal_uuid": self.wal_uuid,
+            "segments": self.segments,
+            "record_count": len(self.records),
+            "lsn_range": [self.first_lsn, self.last_lsn],
+            "merkle_root": self.merkle_root(),
+            "merkle_tree_size": tree,
+            "checkpoints": [c.__dict__ for c in self.checkpoints],
+            "findings": [f.__dict__ for f in self.findings],
+            "torn_tail": self.torn_tail is not None,
+            "corruption": self.corruption.__dict__ if self.corruption else None,
+            "truncated": self.truncated,
+            "deleted_tmp": self.deleted_tmp,
+            "bytes_scanned": self.bytes_scanned,
+            "duration_s": round(self.duration_s, 6),
+        }
+        if with_records:
+            out["records"] = [
+                {
+                    "lsn": r.lsn,
+                    "type": RecordType(r.type).name,
+                    "txn": r.txn.hex(),
+                    "segment": r.segment_id,
+                    "offset": r.offset,
+                    "payload_len": r.payload_len,
+                    "batch": r.batch_id,
+                    "epoch": r.epoch,
+                }
+                for r in self.records
+            ]
+        return out
+
+
+def _all_zero(buf: ReadBuffer, start: int, end: int) -> bool:
+    chunk = 1 << 20
+    zeros = bytes(chunk)
+    for a in range(start, end, chunk):
+        b = min(end, a + chunk)
+        if buf[a:b] != zeros[: b - a]:
+            return False
+    return True
+
+
+def _payload_torn(buf: ReadBuffer, start: int, end: int) -> bool:
+    """A payload failing its CRC is torn only if a whole 512-byte sector of it is unwritten (zero) or past EOF."""
+    if end > len(buf):
+        return True
+    zero = bytes(SECTOR)
+    s = start // SECTOR * SECTOR
+    while s < end:
+        if buf[s : s + SECTOR] == zero[: min(SECTOR, len(buf) - s)]:
+            return True
+        s += SECTOR
+    return False
+
+
+@dataclass
+class _Bad:
+    kind: Literal["unwritten", "torn_payload", "bad"]
+    reason: str
+
+
+def scan_segment(
+    buf: ReadBuffer,
+    name: str,
+    segment_id: int,
+    state: ScanState | None,
+    *,
+    is_last: bool,
+    verify_payload_sha: bool = False,
+    keep_payloads: bool = False,
+) -> SegmentScan:
+    """Accept the sound records of one segment in order and classify where (and why) they stop."""
+    mv = memoryview(buf)
+    try:
+        return _scan(buf, mv, name, segment_id, state, is_last, verify_payload_sha, keep_payloads)
+    finally:
+        mv.release()
+
+
+def _scan(
+    buf: ReadBuffer,
+    mv: memoryview,
+    name: str,
+    segment_id: int,
+    anchor: ScanState | None,
+    is_last: bool,
+    verify_sha: bool,
+    keep: bool,
+) -> SegmentScan:
+    records: list[ScannedRecord] = []
+    checkpoints: list[CheckpointInfo] = []
+    n = len(buf)
+
+    def stop(off: int, kind: FindingKind, reason: str, st: ScanState | None, end: int, **kw: int) -> SegmentScan:
+        return SegmentScan(name, segment_id, records, checkpoints, end, Finding(name, off, kind, reason, **kw), st)
+
+    # The SEGMENT record anchors this segment: synced before the rename, so any damage to it is corruption.
+    h0 = decode_header(mv, 0)
+    if isinstance(h0, str):
+        return stop(0, "corruption", f"segment header: {h0}", anchor, 0)
+    if h0.type != RecordType.SEGMENT or h0.segment_id != segment_id or h0.offset != 0 or h0.next_offset > n:
+        return stop(0, "corruption", "segment header inconsistent with its file", anchor, 0)
+    body0 = bytes(mv[HEADER_SIZE : HEADER_SIZE + h0.payload_len])
+    sb = SegmentBody.decode(body0)
+    if sb is None or crc32c.crc32c(body0) != h0.payload_crc or sb.first_lsn != h0.lsn:
+        return stop(0, "corruption", "segment header payload", anchor, 0)
+    if anchor is None:
+        st = ScanState(h0.wal_uuid, h0.lsn, sb.prev_chain, h0.batch_id, h0.epoch, None)
+    else:
+        st = ScanState(anchor.wal_uuid, anchor.next_lsn, anchor.prev_chain, anchor.next_batch_id, anchor.epoch, None)
+        st.frontier = anchor.frontier.copy() if anchor.frontier is not None else None
+        if h0.wal_uuid != st.wal_uuid:
+            return stop(0, "corruption", "foreign segment (another WAL's uuid)", anchor, 0)
+        if h0.lsn != st.next_lsn or sb.prev_chain != st.prev_chain or h0.batch_id != st.next_batch_id:
+            return stop(0, "corruption", f"gap before segment: expected LSN {st.next_lsn}, found {h0.lsn}", anchor, 0)
+        if h0.epoch < st.epoch:
+            return stop(0, "corruption", "writer epoch went backwards", anchor, 0)
+    st.epoch = h0.epoch
+    seg_epoch, seg_ctx = h0.epoch, h0.ctx_sha
+
+    off, prev_off = 0, 0
+    batch_open = False  # inside a batch whose last record has not been seen yet
+    batch_id, batch_count, batch_start_off, batch_start_idx, batch_first_lsn = -1, 0, 0, 0, 0
+
+    while True:
+        # ---- check the record at `off`
+        bad: _Bad | None = None
+        h: Header | None = None
+        if off >= n or header_slot_unwritten(mv, off):
+            bad = _Bad("unwritten", "unwritten header slot" if off < n else "end of file")
+        else:
+            dh = decode_header(mv, off)
+            if isinstance(dh, str):
+                bad = _Bad("bad", dh)
+            else:
+                h = dh
+                reason = ""
+                if h.wal_uuid != st.wal_uuid:
+                    reason = "foreign record (another WAL's uuid)"
+                elif h.segment_id != segment_id or h.epoch != seg_epoch or h.ctx_sha != seg_ctx:
+                    reason = "record of another segment, epoch or context"
+                elif h.lsn != st.next_lsn:
+                    reason = f"LSN gap: expected {st.next_lsn}, found {h.lsn}"
+                elif h.offset != off or h.prev_offset != prev_off:
+                    reason = "record offsets do not match its position"
+                elif (h.batch_index == 0 and (batch_open or h.batch_id != st.next_batch_id)) or (
+                    h.batch_index > 0 and (not batch_open or h.batch_id != batch_id or h.batch_count != batch_count)
+                ):
+                    reason = "batch sequence broken"
+                elif h.chain != chain_next(st.prev_chain, mv[off : off + CHAINED]):
+                    reason = "hash chain broken"
+                elif off == 0 and h.type != RecordType.SEGMENT:
+                    reason = "first record is not SEGMENT"
+                elif off != 0 and h.type == RecordType.SEGMENT:
+                    reason = "SEGMENT record inside a segment"
+                if reason:
+                    bad = _Bad("bad", reason)
+                else:
+                    pstart, pend = off + HEADER_SIZE, off + HEADER_SIZE + h.payload_len
+                    payload = mv[pstart:pend]
+                    if pend > n or crc32c.crc32c(payload) != h.payload_crc:
+                        torn = _payload_torn(buf, pstart, pend)
+                        bad = _Bad("torn_payload" if torn else "bad", "payload crc mismatch")
+                    elif not _all_zero(buf, pend, min(n, off + HEADER_SIZE + padded(h.payload_len))):
+                        bad = _Bad("bad", "non-zero padding (stale bytes)")
+                    elif verify_sha and hashlib.sha256(payload).digest() != h.payload_sha:
+                        bad = _Bad("bad", "payload sha-256 mismatch")
+        if bad is not None:
+            break
+
+        # ---- accept it
+        assert h is not None
+        if h.batch_index == 0:
+            batch_open, batch_id, batch_count = True, h.batch_id, h.batch_count
+            batch_start_off, batch_start_idx, batch_first_lsn = off, len(records), h.lsn
+        if h.type == RecordType.CHECKPOINT:
+            body = CheckpointBody.decode(bytes(mv[off + HEADER_SIZE : off + HEADER_SIZE + h.payload_len]))
+            problem = ""
+            if body is None or body.tree_size != h.lsn - 1 or body.chain != st.prev_chain:
+                problem = "checkpoint does not match the log"
+            else:
+                if st.frontier is None:  # the oldest retained segment: its first checkpoint anchors the tree
+                    st.frontier = MerkleFrontier(body.tree_size, list(body.frontier))
+                if body.root != st.frontier.root() or body.tree_size != st.frontier.size:
+                    problem = "merkle root mismatch"
+                elif body.ctx_root != context_root(body.tree_size, body.root, h.ctx_sha):
+                    problem = "checkpoint context root mismatch"
+                elif context_sha(body.context_json) != h.ctx_sha:
+                    problem = "checkpoint context does not match its hash"
+            if problem:
+                bad = _Bad("bad", problem)
+                break
+            assert body is not None
+            checkpoints.append(
+                CheckpointInfo(h.lsn, segment_id, body.tree_size, body.root.hex(), body.ctx_root.hex(), body.context())
+            )
+        elif off != 0 and len(records) == 0:
+            bad = _Bad("bad", "second record is not CHECKPOINT")
+            break
+        if st.frontier is not None:
+            st.frontier.append(leaf_hash(mv[off : off + CHAINED]))
+        if off != 0:  # the SEGMENT record is bookkeeping, not a record a caller replays
+            records.append(
+                ScannedRecord(
+                    h.lsn,
+                    h.type,
+                    bytes(h.txn),
+                    segment_id,
+                    off,
+                    h.payload_len,
+                    h.batch_id,
+                    h.epoch,
+                    bytes(mv[off + HEADER_SIZE : off + HEADER_SIZE + h.payload_len]) if keep else None,
+                )
+            )
+        st.prev_chain = h.chain
+        st.next_lsn = h.lsn + 1
+        if h.batch_index == h.batch_count - 1:
+            batch_open = False
+            st.next_batch_id = h.batch_id + 1
+        prev_off, off = off, h.next_offset
+
+    # ---- classify the first damage at `off`
+    assert bad is not None
+    end = off
+    if not records:  # SEGMENT + CHECKPOINT were synced before the rename: damage there is never a torn write
+        return stop(off, "corruption", f"segment head damaged: {bad.reason}", anchor, end)
+    if bad.kind == "bad":
+        return stop(off, "corruption", bad.reason, anchor if not records else st, end)
+    if batch_open:
+        pend_id, pend_first, pend_off, pend_idx = batch_id, batch_first_lsn, batch_start_off, batch_start_idx
+    else:
+        pend_id, pend_first, pend_off, pend_idx = st.next_batch_id, st.next_lsn, off, len(records)
+    # A sound header after the damage proves the damage is not a torn tail, unless it is a member of the one
+    # unsynced batch sitting at its own position (power loss persists a batch's sectors in any subset).
+    q = buf.find(MAGIC, off + 1 if bad.kind == "unwritten" else off + HEADER_SIZE)
+    while q != -1:
+        if q % HEADER_SIZE == 0:
+            e = decode_header(mv, q)
+            if not isinstance(e, str):
+                member = (
+                    is_last
+                    and e.wal_uuid == st.wal_uuid
+                    and e.segment_id == segment_id
+                    and e.epoch == seg_epoch
+                    and e.batch_id == pend_id
+                    and e.lsn == pend_first + e.batch_index
+                    and e.offset == q
+                )
+                if not member:
+                    return stop(off, "corruption", f"{bad.reason}, yet a sound record follows at {q}", st, end)
+        q = buf.find(MAGIC, q + 1)
+    rest_zero = _all_zero(buf, off, n)
+    if not is_last:
+        if rest_zero and not batch_open:
+            return stop(off, "clean_end", "end of sealed segment", st, end)
+        return stop(off, "corruption", f"damaged end of a sealed segment: {bad.reason}", st, end)
+    if rest_zero and not batch_open:
+        return stop(off, "clean_end", "end of log", st, end)
+    dropped = len(records) - pend_idx
+    if dropped:
+        del records[pend_idx:]
+        # Roll the state back to the start of the dropped batch by rescanning (rare; keeps this function simple).
+        return _rescan_to(buf, name, segment_id, anchor, is_last, verify_sha, keep, pend_off, bad.reason, dropped)
+    return stop(off, "torn_tail", bad.reason, st, pend_off, truncate_to=pend_off, dropped_records=0)
+
+
+def _rescan_to(
+    buf: ReadBuffer,
+    name: str,
+    segment_id: int,
+    anchor: ScanState | None,
+    is_last: bool,
+    verify_sha: bool,
+    keep: bool,
+    cut: int,
+    reason: str,
+    dropped: int,
+) -> SegmentScan:
+    """Scan the segment again as if it ended at `cut` (the start of the incomplete batch)."""
+    head = bytes(buf[:cut])
+    with memoryview(head) as mv:
+        again = _scan(head, mv, name, segment_id, anchor, is_last, verify_sha, keep)
+    f = Finding(name, cut, "torn_tail", f"incomplete batch: {reason}", truncate_to=cut, dropped_records=dropped)
+    again.finding = f
+    return again
