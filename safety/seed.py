@@ -1,0 +1,343 @@
+"""Seed slots: the places in a host model where it may grow, with the Leyline seed lifecycle and its gates.
+
+The lifecycle is a pure function (`decide`) of (stage, target, metrics, config); `SeedSlot` is the nn.Module that
+applies it. A slot is static: its seed module is present from the start and every behaviour change (germinate,
+train, blend, pause, cull) is a write into one control buffer, so a host under torch.compile never recompiles.
+
+Forward, with x the host's activation at the slot and s = seed(copy of x):
+  TRAINING   output x exactly; the seed learns a local reconstruction loss on a detached contiguous copy of x,
+             whose gradient is attached to the output's backward without touching the host's gradients;
+  BLENDING.. output (1 - alpha) x + alpha s; gradients reach host and seed (alpha ramps over fixed_steps);
+  paused     output x (the identity kernel), whatever the stage;
+  otherwise  output x.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from esper.proto import leyline_pb2 as pb
+from esper.safety.breaker import CircuitBreaker, CircuitState, Transition
+from esper.safety.clock import Clock, monotonic_ms
+from esper.safety.config import GraftingConfig
+from esper.safety.events import EventSink, NullSink, safety_event
+from esper.safety.exceptions import IllegalTransitionError
+from esper.safety.pause import PauseController
+
+__all__ = [
+    "ACTIVE_STAGES",
+    "LIFECYCLE",
+    "Decision",
+    "SeedMetrics",
+    "SeedSlot",
+    "SeedStage",
+    "alpha_at",
+    "decide",
+]
+
+
+class SeedStage(enum.IntEnum):
+    """Seed lifecycle stages, numbered as Leyline's SeedStage."""
+
+    DORMANT = pb.SEED_DORMANT
+    GERMINATED = pb.SEED_GERMINATED
+    TRAINING = pb.SEED_TRAINING
+    BLENDING = pb.SEED_BLENDING
+    SHADOWING = pb.SEED_SHADOWING
+    PROBATIONARY = pb.SEED_PROBATIONARY
+    FOSSILIZED = pb.SEED_FOSSILIZED
+    CULLED = pb.SEED_CULLED
+    EMBARGOED = pb.SEED_EMBARGOED
+    RESETTING = pb.SEED_RESETTING
+    TERMINATED = pb.SEED_TERMINATED
+
+
+S = SeedStage
+ACTIVE_STAGES = frozenset({S.GERMINATED, S.TRAINING, S.BLENDING, S.SHADOWING, S.PROBATIONARY})
+
+# (from, to) -> the gate that guards it. Culling is possible from every active stage.
+LIFECYCLE: dict[tuple[SeedStage, SeedStage], str] = {
+    (S.DORMANT, S.GERMINATED): "G0",
+    (S.GERMINATED, S.TRAINING): "G1",
+    (S.TRAINING, S.BLENDING): "G2",
+    (S.BLENDING, S.SHADOWING): "G3",
+    (S.SHADOWING, S.PROBATIONARY): "G4",
+    (S.PROBATIONARY, S.FOSSILIZED): "G4",
+    (S.CULLED, S.EMBARGOED): "embargo",
+    (S.EMBARGOED, S.RESETTING): "G5",
+    (S.RESETTING, S.DORMANT): "G5",
+    (S.DORMANT, S.TERMINATED): "terminate",
+    (S.FOSSILIZED, S.TERMINATED): "terminate",
+    **{(stage, S.CULLED): "cull" for stage in ACTIVE_STAGES},
+}
+
+
+@dataclass(frozen=True)
+class SeedMetrics:
+    """What the gates look at."""
+
+    steps_in_stage: int = 0
+    params_finite: bool = True
+    shape_ok: bool = True
+    alpha: float = 0.0
+    improvement: float | None = None  # the performance delta the host measured with the seed (G4)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A lifecycle verdict: allowed or not, under which gate, and why."""
+
+    allowed: bool
+    gate: str
+    reason: str
+
+
+def decide(stage: SeedStage, target: SeedStage, metrics: SeedMetrics, config: GraftingConfig) -> Decision:
+    """Whether `stage -> target` is legal and its gate passes."""
+    gate = LIFECYCLE.get((stage, target))
+    if gate is None:
+        return Decision(False, "", f"{stage.name} -> {target.name} is not a lifecycle transition")
+    failure = _gate_failure(gate, stage, metrics, config)
+    return Decision(failure is None, gate, failure or f"{gate} passed")
+
+
+def _gate_failure(gate: str, stage: SeedStage, m: SeedMetrics, c: GraftingConfig) -> str | None:
+    if gate == "G0":
+        if not m.shape_ok:
+            return "G0 sanity: the seed's output shape differs from its input's"
+        return None if m.params_finite else "G0 sanity: non-finite seed parameters"
+    if gate == "G1":
+        return None if m.params_finite else "G1: non-finite seed parameters"
+    if gate == "G2":
+        if not m.params_finite:
+            return "G2: non-finite seed parameters"
+        if m.steps_in_stage < c.stabilization_epochs:
+            return f"G2: {m.steps_in_stage} training steps < stabilization_epochs {c.stabilization_epochs}"
+        return None
+    if gate == "G3":
+        return None if m.alpha >= 1.0 else f"G3: blending incomplete (alpha {m.alpha:.3f})"
+    if gate == "G4":
+        if m.improvement is None:
+            return "G4: no performance measurement"
+        if m.improvement < c.performance_gate:
+            return f"G4: improvement {m.improvement:.4g} < performance_gate {c.performance_gate}"
+        return None
+    if gate == "G5" and stage is S.EMBARGOED and m.steps_in_stage < c.embargo_duration:
+        return f"G5: embargo {m.steps_in_stage}/{c.embargo_duration} steps"
+    return None
+
+
+def alpha_at(step: int, config: GraftingConfig) -> float:
+    """Blend weight after `step` blending steps: 0 -> 1 over fixed_steps (linear, cosine, or a sigmoid whose
+    steepness falls as isolation_temperature rises), exactly 1 from fixed_steps on."""
+    t = min(1.0, max(0.0, step / config.fixed_steps))
+    if t >= 1.0:
+        return 1.0
+    if config.alpha_schedule == "cosine":
+        return 0.5 * (1.0 - math.cos(math.pi * t))
+    if config.alpha_schedule == "sigmoid":
+        k = 10.0 / config.isolation_temperature
+        lo, hi = 1 / (1 + math.exp(k / 2)), 1 / (1 + math.exp(-k / 2))
+        return (1 / (1 + math.exp(-k * (t - 0.5))) - lo) / (hi - lo)
+    return t
+
+
+class _AttachLoss(torch.autograd.Function):
+    """Returns y unchanged; in the backward it passes y's gradient through untouched and gives `loss` a gradient
+    of 1, so the seed's local loss trains it within the host's own backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return grad, torch.ones((), dtype=grad.dtype, device=grad.device)
+
+
+# Indices into the control buffer.
+_TRAIN, _BLEND, _ALPHA, _PAUSED = range(4)
+
+
+class SeedSlot(nn.Module):
+    """One growth point in a host model: holds a seed module and drives it through the lifecycle with tensors."""
+
+    seed: nn.Module
+    control: torch.Tensor
+
+    def __init__(
+        self,
+        slot_id: str,
+        seed: nn.Module,
+        *,
+        instance_id: str = "",
+        config: GraftingConfig | None = None,
+        max_pause_duration_ms: float = 30_000,
+        sink: EventSink | None = None,
+        clock: Clock = monotonic_ms,
+    ) -> None:
+        super().__init__()
+        self.slot_id = slot_id
+        self.instance_id = instance_id
+        self.seed = seed
+        self.config = config or GraftingConfig()
+        self._sink: EventSink = sink or NullSink()
+        # train flag, blend flag, alpha, paused: one buffer, one in-place write per change, no recompiles
+        self.register_buffer("control", torch.zeros(4))
+        self.stage = SeedStage.DORMANT
+        self.steps_in_stage = 0
+        self._lock = threading.RLock()
+        self.pause = PauseController(
+            instance_id, slot_id, max_duration_ms=max_pause_duration_ms, clock=clock, sink=self._sink
+        )
+
+    # -- forward (no Python state read here: everything comes from the control buffer) ---------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ctl = self.control.clone()  # a snapshot: a write from another thread cannot change this step's backward
+        training = ctl[_TRAIN] > 0
+        seed_in = torch.where(training, x.detach(), x).contiguous()
+        s = self.seed(seed_in)
+        local_loss = (s - seed_in.detach()).pow(2).mean() * ctl[_TRAIN]
+        y = torch.where(ctl[_BLEND] > 0, torch.lerp(x, s, ctl[_ALPHA].to(s.dtype)), x)
+        y = torch.where(ctl[_PAUSED] > 0, x, y)
+        return _AttachLoss.apply(y, local_loss)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def metrics(self, improvement: float | None = None, example: torch.Tensor | None = None) -> SeedMetrics:
+        with torch.no_grad():
+            finite = all(bool(torch.isfinite(p).all()) for p in self.seed.parameters())
+            shape_ok = example is None or self.seed(example).shape == example.shape
+        return SeedMetrics(
+            steps_in_stage=self.steps_in_stage,
+            params_finite=finite,
+            shape_ok=shape_ok,
+            alpha=float(self.control[_ALPHA]),
+            improvement=improvement,
+        )
+
+    def transition(
+        self, target: SeedStage, *, improvement: float | None = None, example: torch.Tensor | None = None
+    ) -> Decision:
+        """Move to `target` through its gate; an illegal move or a failed gate raises IllegalTransitionError
+        (and is reported). A failed G4 performance gate culls the seed instead."""
+        with self._lock:
+            source = self.stage
+            decision = decide(source, target, self.metrics(improvement, example), self.config)
+            if not decision.allowed:
+                self._report(source, target, decision.gate, f"refused: {decision.reason}", pb.TELEMETRY_ERROR)
+                if decision.gate == "G4":
+                    self.cull(decision.reason)
+                raise IllegalTransitionError(self.slot_id, source.name, target.name, decision.reason)
+            self._enter(target)
+        self._report(source, target, decision.gate, decision.reason, pb.TELEMETRY_INFO)
+        return decision
+
+    def germinate(self, state_dict: Mapping[str, Any] | None = None, example: torch.Tensor | None = None) -> None:
+        """DORMANT -> GERMINATED (G0), loading weights into the seed in place when given."""
+        if state_dict is not None:
+            self.seed.load_state_dict(state_dict)
+        self.transition(SeedStage.GERMINATED, example=example)
+
+    def cull(self, reason: str) -> bool:
+        """Cull an active seed (-> CULLED -> EMBARGOED); False when the seed is not active."""
+        with self._lock:
+            source = self.stage
+            if source not in ACTIVE_STAGES:
+                return False
+            self._enter(SeedStage.CULLED)
+            self._report(source, SeedStage.CULLED, "cull", reason, pb.TELEMETRY_WARN)
+            self._enter(SeedStage.EMBARGOED)
+        self._report(SeedStage.CULLED, SeedStage.EMBARGOED, "embargo", reason, pb.TELEMETRY_INFO)
+        return True
+
+    def reset(self) -> None:
+        """EMBARGOED -> RESETTING (G5: embargo served) -> DORMANT with freshly initialised seed parameters."""
+        self.transition(SeedStage.RESETTING)
+        with torch.no_grad():
+            for module in self.seed.modules():
+                reset = getattr(module, "reset_parameters", None)
+                if callable(reset):
+                    reset()
+        self.transition(SeedStage.DORMANT)
+
+    def watch(self, breaker: CircuitBreaker) -> None:
+        """Cull this slot's seed when `breaker` opens."""
+
+        def on_transition(b: CircuitBreaker, t: Transition) -> None:
+            if t.to_state in (CircuitState.OPEN, CircuitState.FORCED_OPEN):
+                self.cull(f"breaker {b.name} opened: {t.reason}")
+
+        breaker.add_listener(on_transition)
+
+    def advance(self) -> None:
+        """One training step done: count it, ramp alpha while blending, end an expired pause."""
+        with self._lock:
+            self.steps_in_stage += 1
+            if self.stage is SeedStage.BLENDING:
+                self.control[_ALPHA] = alpha_at(self.steps_in_stage, self.config)
+        self.tick()
+
+    def _enter(self, stage: SeedStage) -> None:
+        self.stage = stage
+        self.steps_in_stage = 0
+        blending = stage in (S.BLENDING, S.SHADOWING, S.PROBATIONARY, S.FOSSILIZED)
+        alpha = 0.0 if stage is S.BLENDING or not blending else 1.0
+        with torch.no_grad():
+            self.control[_TRAIN] = float(stage is S.TRAINING)
+            self.control[_BLEND] = float(blending)
+            self.control[_ALPHA] = alpha
+
+    def _report(
+        self, source: SeedStage, target: SeedStage, gate: str, reason: str, severity: pb.TelemetryLevel
+    ) -> None:
+        detail = pb.SeedTransition(
+            instance_id=self.instance_id,
+            slot_id=self.slot_id,
+            from_stage=int(source),  # type: ignore[arg-type]
+            to_stage=int(target),  # type: ignore[arg-type]
+            gate=gate,
+            reason=reason,
+        )
+        message = f"slot {self.slot_id}: {source.name} -> {target.name} ({reason})"
+        self._sink.emit(safety_event(severity, message, detail, source_id=self.instance_id))
+
+    # -- pause ---------------------------------------------------------------------------------------------
+
+    @property
+    def is_paused(self) -> bool:
+        return self.pause.is_paused
+
+    def pause_enter(
+        self, reason: str, quota_ms: int = 1000, max_duration_ms: float | None = None, command_id: str = ""
+    ) -> bool:
+        """The identity kernel from the next forward on; False when already paused."""
+        entered = self.pause.enter_pause_with_identity_kernel(reason, quota_ms, max_duration_ms, command_id)
+        self._sync_pause()
+        return entered
+
+    def pause_exit(self, cause: str = "command", command_id: str = "") -> bool:
+        exited = self.pause.exit_pause(cause, command_id)
+        self._sync_pause()
+        return exited
+
+    def tick(self) -> None:
+        """End the pause when its maximum duration has passed (called each step and by the client)."""
+        if self.pause.expire_if_due():
+            self._sync_pause()
+
+    def _sync_pause(self) -> None:
+        with torch.no_grad():
+            self.control[_PAUSED] = float(self.pause.is_paused)
+
+    def extra_repr(self) -> str:
+        return f"slot_id={self.slot_id!r}, stage={self.stage.name}"

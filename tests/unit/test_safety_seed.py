@@ -1,0 +1,268 @@
+"""Seed slots: lifecycle and gates, gradient isolation while training, blending, pause, culling, and no recompiles
+of a compiled host when a slot changes behaviour."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+
+from esper.proto import leyline_pb2 as pb
+from esper.safety.breaker import CircuitBreaker, CircuitBreakerConfig
+from esper.safety.clock import ManualClock
+from esper.safety.config import GraftingConfig
+from esper.safety.events import MemorySink
+from esper.safety.exceptions import IllegalTransitionError
+from esper.safety.seed import SeedMetrics, SeedSlot, SeedStage, alpha_at, decide
+
+S = SeedStage
+CFG = GraftingConfig(fixed_steps=4, stabilization_epochs=2, embargo_duration=3)
+
+
+class Host(nn.Module):
+    def __init__(self, slot: nn.Module | None) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.slot = slot if slot is not None else nn.Identity()
+        self.b = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.slot(torch.relu(self.a(x))))
+
+
+def make_slot(sink: MemorySink | None = None, clock: ManualClock | None = None, **kw: object) -> SeedSlot:
+    torch.manual_seed(1)
+    return SeedSlot(
+        "s0",
+        nn.Linear(16, 16),
+        instance_id="k1",
+        config=CFG,
+        sink=sink,
+        clock=clock or ManualClock(),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def to_training(slot: SeedSlot) -> None:
+    slot.germinate(example=torch.randn(2, 16))
+    slot.transition(S.TRAINING)
+
+
+def to_blending(slot: SeedSlot) -> None:
+    to_training(slot)
+    for _ in range(CFG.stabilization_epochs):
+        slot.advance()
+    slot.transition(S.BLENDING)
+
+
+def test_decide_follows_the_lifecycle_and_gates() -> None:
+    m = SeedMetrics()
+    assert decide(S.DORMANT, S.GERMINATED, m, CFG).gate == "G0"
+    assert not decide(S.DORMANT, S.BLENDING, m, CFG).allowed
+    assert not decide(S.DORMANT, S.GERMINATED, SeedMetrics(shape_ok=False), CFG).allowed
+    assert not decide(S.TRAINING, S.BLENDING, SeedMetrics(steps_in_stage=1), CFG).allowed
+    assert decide(S.TRAINING, S.BLENDING, SeedMetrics(steps_in_stage=2), CFG).allowed
+    assert not decide(S.BLENDING, S.SHADOWING, SeedMetrics(alpha=0.9), CFG).allowed
+    assert not decide(S.SHADOWING, S.PROBATIONARY, SeedMetrics(improvement=0.0), CFG).allowed
+    assert decide(S.PROBATIONARY, S.FOSSILIZED, SeedMetrics(improvement=0.01), CFG).gate == "G4"
+    assert not decide(S.EMBARGOED, S.RESETTING, SeedMetrics(steps_in_stage=2), CFG).allowed
+    for stage in (S.GERMINATED, S.TRAINING, S.BLENDING, S.SHADOWING, S.PROBATIONARY):
+        assert decide(stage, S.CULLED, m, CFG).allowed
+    assert not decide(S.FOSSILIZED, S.CULLED, m, CFG).allowed
+    assert not decide(S.TERMINATED, S.DORMANT, m, CFG).allowed
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
+def test_alpha_schedules_ramp_from_0_to_1_monotonically(schedule: str) -> None:
+    cfg = GraftingConfig(fixed_steps=10, alpha_schedule=schedule, isolation_temperature=0.5)  # type: ignore[arg-type]
+    values = [alpha_at(i, cfg) for i in range(12)]
+    assert values[0] == pytest.approx(0.0, abs=1e-9) and values[10] == values[11] == 1.0
+    assert all(a <= b for a, b in itertools.pairwise(values))
+
+
+def test_sigmoid_is_steeper_at_lower_temperature() -> None:
+    hot = GraftingConfig(fixed_steps=10, alpha_schedule="sigmoid", isolation_temperature=2.0)
+    cold = GraftingConfig(fixed_steps=10, alpha_schedule="sigmoid", isolation_temperature=0.2)
+    assert alpha_at(2, cold) < alpha_at(2, hot) and alpha_at(8, cold) > alpha_at(8, hot)
+
+
+def test_illegal_transition_is_a_typed_error_and_an_event() -> None:
+    sink = MemorySink()
+    slot = make_slot(sink)
+    with pytest.raises(IllegalTransitionError) as info:
+        slot.transition(S.BLENDING)
+    assert (info.value.from_stage, info.value.to_stage) == ("DORMANT", "BLENDING")
+    (e,) = sink.of_kind("seed_transition")
+    assert e.severity == pb.TELEMETRY_ERROR and "refused" in e.seed_transition.reason
+    assert slot.stage is S.DORMANT
+
+
+def test_full_lifecycle_emits_every_transition() -> None:
+    sink = MemorySink()
+    slot = make_slot(sink)
+    to_blending(slot)
+    for _ in range(CFG.fixed_steps):
+        slot.advance()
+    slot.transition(S.SHADOWING)
+    slot.transition(S.PROBATIONARY, improvement=0.01)
+    slot.transition(S.FOSSILIZED, improvement=0.01)
+    stages = [(e.seed_transition.from_stage, e.seed_transition.to_stage) for e in sink.of_kind("seed_transition")]
+    assert stages == [
+        (pb.SEED_DORMANT, pb.SEED_GERMINATED),
+        (pb.SEED_GERMINATED, pb.SEED_TRAINING),
+        (pb.SEED_TRAINING, pb.SEED_BLENDING),
+        (pb.SEED_BLENDING, pb.SEED_SHADOWING),
+        (pb.SEED_SHADOWING, pb.SEED_PROBATIONARY),
+        (pb.SEED_PROBATIONARY, pb.SEED_FOSSILIZED),
+    ]
+    assert [e.seed_transition.gate for e in sink.of_kind("seed_transition")] == ["G0", "G1", "G2", "G3", "G4", "G4"]
+
+
+def test_failed_performance_gate_culls_then_embargo_and_reset() -> None:
+    sink = MemorySink()
+    slot = make_slot(sink)
+    to_blending(slot)
+    for _ in range(CFG.fixed_steps):
+        slot.advance()
+    slot.transition(S.SHADOWING)
+    with pytest.raises(IllegalTransitionError):
+        slot.transition(S.PROBATIONARY, improvement=-0.5)
+    assert slot.stage is S.EMBARGOED
+    with pytest.raises(IllegalTransitionError):
+        slot.reset()  # embargo not served
+    for _ in range(CFG.embargo_duration):
+        slot.advance()
+    slot.reset()
+    assert slot.stage is S.DORMANT
+    applied = [e for e in sink.of_kind("seed_transition") if not e.seed_transition.reason.startswith("refused")]
+    tail = [e.seed_transition.to_stage for e in applied][-3:]
+    assert tail == [pb.SEED_EMBARGOED, pb.SEED_RESETTING, pb.SEED_DORMANT]
+
+
+def test_breaker_opening_culls_an_active_seed() -> None:
+    slot = make_slot()
+    breaker = CircuitBreaker("gradient_isolation", CircuitBreakerConfig(failure_threshold=1), clock=ManualClock())
+    slot.watch(breaker)
+    to_training(slot)
+    with pytest.raises(ZeroDivisionError):
+        breaker.call(lambda: 1 / 0)
+    assert slot.stage is S.EMBARGOED
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_training_seed_changes_neither_host_output_nor_host_gradients_but_learns() -> None:
+    torch.manual_seed(0)
+    plain = Host(None)
+    slot = make_slot()
+    with_slot = Host(slot)
+    with_slot.a.load_state_dict(plain.a.state_dict())
+    with_slot.b.load_state_dict(plain.b.state_dict())
+    to_training(slot)
+    x = torch.randn(5, 8).to(memory_format=torch.contiguous_format)
+    out_plain, out_slot = plain(x), with_slot(x)
+    assert torch.equal(out_plain, out_slot)
+    out_plain.pow(2).sum().backward()
+    out_slot.pow(2).sum().backward()
+    g_plain, g_slot = grads(plain), grads(with_slot)
+    for name in ("a.weight", "a.bias", "b.weight", "b.bias"):
+        assert torch.equal(g_plain[name], g_slot[name]), name
+    seed_grad = slot.seed.weight.grad
+    assert seed_grad is not None and seed_grad.abs().sum() > 0  # the seed learns its local objective
+
+
+def test_seed_input_is_contiguous_even_for_channels_last_activations() -> None:
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.is_contiguous())
+            return x * 1.0
+
+    slot = SeedSlot("c", Probe(), config=CFG)
+    slot.germinate()
+    slot.transition(S.TRAINING)
+    x = torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last)
+    assert torch.equal(slot(x), x) and seen == [True]
+
+
+def test_blending_mixes_by_alpha_and_gradients_reach_host_and_seed() -> None:
+    slot = make_slot()
+    host = Host(slot)
+    to_blending(slot)
+    for _ in range(2):
+        slot.advance()
+    alpha = alpha_at(2, CFG)
+    h = torch.relu(host.a(torch.randn(3, 8)))
+    with torch.no_grad():
+        expected = (1 - alpha) * h + alpha * slot.seed(h)
+        assert torch.allclose(slot(h), expected)
+    host.zero_grad()
+    host(torch.randn(3, 8)).sum().backward()
+    assert host.a.weight.grad is not None and host.a.weight.grad.abs().sum() > 0
+    assert slot.seed.weight.grad is not None and slot.seed.weight.grad.abs().sum() > 0
+
+
+def test_paused_slot_is_the_identity_and_resumes_by_itself() -> None:
+    clock = ManualClock()
+    sink = MemorySink()
+    slot = make_slot(sink, clock, max_pause_duration_ms=500)
+    to_blending(slot)
+    for _ in range(CFG.fixed_steps):
+        slot.advance()
+    x = torch.randn(3, 16)
+    assert not torch.equal(slot(x), x)
+    assert slot.pause_enter("ops")
+    assert torch.equal(slot(x), x)
+    clock.advance(499)
+    slot.advance()
+    assert slot.is_paused
+    clock.advance(1)
+    slot.advance()
+    assert not slot.is_paused and not torch.equal(slot(x), x)
+    assert sink.of_kind("pause_exited")[0].pause_exited.cause == "expired"
+
+
+def test_compiled_host_does_not_recompile_when_slots_change_behaviour() -> None:
+    torch._dynamo.reset()
+    slot = make_slot()
+    host = Host(slot)
+    compiled = torch.compile(host, backend="aot_eager")
+    opt = torch.optim.SGD(host.parameters(), lr=0.01)
+    x = torch.randn(4, 8)
+
+    def step() -> torch.Tensor:
+        opt.zero_grad()
+        out = compiled(x)
+        out.pow(2).mean().backward()
+        opt.step()
+        slot.advance()
+        return out
+
+    reference = Host(None)
+    reference.load_state_dict({k: v for k, v in host.state_dict().items() if not k.startswith("slot.")})
+    first = step()
+    assert torch.allclose(first, reference(x))  # dormant: the host's own output
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    slot.germinate(state_dict=copy.deepcopy(slot.seed.state_dict()))
+    slot.transition(S.TRAINING)
+    for _ in range(CFG.stabilization_epochs):
+        step()
+    slot.transition(S.BLENDING)
+    for _ in range(2):
+        step()
+    slot.pause_enter("ops")
+    paused_out = compiled(x)
+    assert torch.allclose(paused_out, host.b(torch.relu(host.a(x))))  # identity at the slot
+    slot.pause_exit()
+    step()
+    slot.cull("test")
+    step()
+    assert counters["stats"]["unique_graphs"] == graphs
