@@ -131,6 +131,10 @@ class LeylineConsumer:
         self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
         self._consumer.store_offsets(message=msg)
 
+    def assignment(self) -> list[tuple[str, int]]:
+        """The (topic, partition) pairs this consumer holds now; empty until the group has assigned it some."""
+        return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
     def run(self, handler: Handler, stop: threading.Event, timeout_s: float = 0.2) -> None:
         while not stop.is_set():
             self.poll_once(handler, timeout_s)
