@@ -1,0 +1,197 @@
+"""Shared pieces of the WAL crash matrix: result tables, the checker, the simulated workload."""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from esper.compiler.fsio import FileSystem
+from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, recover
+from esper.compiler.wal_cli import stress_payload, stress_payload_ok
+from esper.compiler.wal_scan import RecoveryReport
+from esper.compiler.wal_simfs import CrashImage, SimFs
+
+LONG = os.environ.get("ESPER_CRASH_LONG") == "1"
+CTX = {"compiler": "tezzeret-test", "torch": "2.8.0", "flags": "mode=max-autotune", "device": "cpu"}
+WAL_DIR = "/sim/wal"
+USER_TYPES = (RecordType.BEGIN, RecordType.DATA, RecordType.COMMIT, RecordType.ABORT)
+TABLES: list[tuple[str, list[str], list[list[str]]]] = []  # printed by conftest at the end of the session
+
+
+@dataclass
+class Result:
+    """One scenario's row of the crash-matrix table."""
+
+    scenario: str
+    power_loss: bool
+    runs: int = 0
+    acked: int = 0
+    recovered: int = 0
+    lost: int = 0  # acked but not recovered (and not behind a reported corruption)
+    unacked_recovered: int = 0
+    corrupted_accepted: int = 0
+    false_corruption: int = 0  # corruption reported where only crashes happened (a failure too)
+    classes: Counter[str] = field(default_factory=Counter)
+    times_ms: list[float] = field(default_factory=list)
+
+    def pct(self, q: float) -> float:
+        if not self.times_ms:
+            return 0.0
+        s = sorted(self.times_ms)
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    def row(self) -> list[str]:
+        cls = " ".join(f"{k}:{v}" for k, v in sorted(self.classes.items()))
+        return [
+            self.scenario,
+            str(self.runs),
+            str(self.acked),
+            str(self.recovered),
+            str(self.lost),
+            str(self.unacked_recovered),
+            str(self.corrupted_accepted),
+            str(self.false_corruption),
+            cls,
+            f"{self.pct(0.5):.2f}/{self.pct(0.99):.2f}",
+            "yes" if self.power_loss else "no",
+        ]
+
+
+HEAD = [
+    "scenario",
+    "runs",
+    "acked",
+    "recovered",
+    "acked-lost",
+    "unacked-recov",
+    "corrupt-accepted",
+    "false-corrupt",
+    "classification (end of log)",
+    "recovery ms p50/p99",
+    "power-loss",
+]
+
+
+def publish(title: str, results: list[Result]) -> None:
+    TABLES.append((title, HEAD, [r.row() for r in results]))
+
+
+def check(
+    report: RecoveryReport,
+    acked: dict[int, bytes],
+    known: set[bytes],
+    res: Result,
+    *,
+    corruption_expected: bool = False,
+) -> None:
+    """Score one recovery: acked ⊆ recovered, every recovered record is one that was written, unaltered."""
+    res.runs += 1
+    res.times_ms.append(report.duration_s * 1e3)
+    kinds = [f.kind for f in report.findings]
+    res.classes[report.corruption.kind if report.corruption else (kinds[-1] if kinds else "empty")] += 1
+    recovered = {r.lsn: r for r in report.records if r.type in USER_TYPES}
+    res.acked += len(acked)
+    res.recovered += len(recovered)
+    for lsn, r in recovered.items():
+        p = r.payload
+        if p is None or p not in known or not stress_payload_ok(p) or (lsn in acked and acked[lsn] != p):
+            res.corrupted_accepted += 1
+        elif lsn not in acked:
+            res.unacked_recovered += 1
+    stop = report.last_lsn if report.corruption is not None else None
+    if report.corruption is not None and not corruption_expected:
+        res.false_corruption += 1
+        stop = None  # a crash alone must never make the log refuse to open: count what it hides as lost
+    for lsn in acked:
+        if lsn not in recovered and not (stop is not None and lsn > stop):
+            res.lost += 1
+
+
+def recover_image(img: CrashImage, *, repair: bool = True) -> tuple[RecoveryReport, SimFs]:
+    fs = SimFs(img)
+    return recover(WAL_DIR, fs, repair=repair, keep_payloads=True), fs
+
+
+@dataclass
+class Ack:
+    lsn: int
+    payload: bytes
+    trace_len: int  # fs.trace length when the append returned: acked for every crash point at or after it
+    segment: int
+
+
+# Batches of (records, payload size) crossing sectors, pages and segment boundaries (8 KiB segments).
+PLAN: list[tuple[int, int]] = [(1, 100), (3, 60), (1, 700), (2, 1500), (1, 48), (4, 200), (1, 3000), (2, 100)]
+
+
+def workload(
+    fs: FileSystem,
+    acks: list[Ack],
+    known: set[bytes],
+    *,
+    cls: type[Wal] = Wal,
+    plan: list[tuple[int, int]] = PLAN,
+    reopen: bool = True,
+) -> None:
+    """Open, append batches (rolling segments), checkpoint, settle and retire, reopen, append again."""
+    cfg = WalConfig(segment_size=8192, checkpoint_every=5)
+    seq = 0
+    trace = fs.trace if isinstance(fs, SimFs) else []
+    for round_ in range(2 if reopen else 1):
+        wal = cls.open(WAL_DIR, CTX, config=cfg, fs=fs)
+        job = bytes([round_ + 1]) * 16
+        for n, size in plan:
+            entries = []
+            for _ in range(n):
+                p = stress_payload(round_, seq, size)
+                seq += 1
+                known.add(p)
+                entries.append(Entry(RecordType.DATA, job, p))
+            lsns = wal.append_batch(entries)
+            acks.extend(Ack(lsn, e.payload, len(trace), wal._seg_id) for lsn, e in zip(lsns, entries, strict=True))
+        p = stress_payload(round_, seq, 64)
+        seq += 1
+        known.add(p)
+        acks.append(Ack(wal.commit(job, p), p, len(trace), wal._seg_id))
+        wal.checkpoint()
+        wal.retire_settled()
+        wal.close()
+
+
+def acked_at(fs: SimFs, acks: list[Ack]) -> dict[int, bytes]:
+    """Records acknowledged by now, less those in segments retired by now (settled jobs: deleted by design)."""
+    retired = {int(w.rsplit("wal-", 1)[1][:16], 16) for k, w in fs.trace if k == "unlink" and w.endswith(".seg")}
+    return {a.lsn: a.payload for a in acks if a.trace_len <= len(fs.trace) and a.segment not in retired}
+
+
+def run_matrix_point(
+    fs: SimFs, acks: list[Ack], known: set[bytes], res: Result, rng: random.Random, samples: int, reopen_every: int
+) -> None:
+    """At the current syscall index: every crash image must recover every acked record and nothing corrupt."""
+    acked = acked_at(fs, acks)
+    for k, img in enumerate(fs.crash_images(rng, samples=samples)):
+        report, sim = recover_image(img)
+        check(report, acked, known, res)
+        if reopen_every and k % reopen_every == 0 and report.corruption is None:
+            # The recovered directory must be writable and recover again with everything kept.
+            w = Wal.open(WAL_DIR, CTX, config=WalConfig(segment_size=8192), fs=sim)
+            p = stress_payload(9, len(known) + k, 80)
+            known.add(p)
+            extra = {w.data(bytes(16), p): p}
+            w.close()
+            check(recover(WAL_DIR, sim, keep_payloads=True), {**acked, **extra}, known, res)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else 0.0
