@@ -230,10 +230,13 @@ class Wal:
         """Recover the directory (creating it if needed), refuse on corruption, start a new segment, new epoch."""
         fs = fs or OsFs()
         config = config or WalConfig()
-        if not fs.exists(path):
-            fs.mkdir(path)
-            fs.fsync_dir(os.path.dirname(os.path.abspath(path)))
-        report = recover(path, fs, repair=True, verify_payload_sha=config.verify_payload_sha)
+        try:
+            if not fs.exists(path):
+                fs.mkdir(path)
+                fs.fsync_dir(os.path.dirname(os.path.abspath(path)))
+            report = recover(path, fs, repair=True, verify_payload_sha=config.verify_payload_sha)
+        except OSError as e:  # a failed cut or directory sync: nothing to trust yet, the caller reopens later
+            raise WalIOError(f"recovering {path} failed: {e}") from e
         if report.corruption is not None:
             raise WalCorruptionError(report)
         state = report.state

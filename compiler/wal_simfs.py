@@ -5,7 +5,8 @@ and the namespace operations since. `crash_images()` returns what a disk could h
 prefixes, subsets and reorderings of the unsynced writes, torn at 512-byte sectors, with the unsynced namespace
 operations applied as a prefix (ordered metadata journal). Synced data always survives; unsynced data may not.
 
-`FaultFs` wraps a `SimFs` and makes call k of a kind fail (EIO from a sync, ENOSPC or a short write from a write).
+`FaultFs` wraps a `SimFs` and makes call k of a kind fail (EIO from a sync, ENOSPC or a short write from a write;
+a short write stops at a 512-byte boundary of the file, as block allocation does).
 """
 
 from __future__ import annotations
@@ -373,8 +374,9 @@ class FaultFs(SimFs):
                         self._fire("pwrite ENOSPC")
                         raise OSError(errno.ENOSPC, "injected ENOSPC")
                     self._fire("short pwrite")
-                    half = max(1, len(data) // 2)
-                    return super().pwrite(fd, data[:half], offset)
+                    # Space runs out at a block boundary: the short write stops at a sector edge of the file.
+                    half = max(0, (offset + len(data) // 2) // SECTOR * SECTOR - offset)
+                    return super().pwrite(fd, data[:half], offset) if half else 0
             return super().pwrite(fd, data, offset)
 
     def fallocate(self, fd: int, offset: int, length: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 
@@ -78,7 +79,7 @@ _results: list[Result] = []
 
 
 def test_c2_power_loss_at_every_syscall_loses_no_acked_record() -> None:
-    res, fs, acks = _power_loss_matrix(Wal, "C2 power loss, every syscall index", seed=2)
+    res, _fs, _acks = _power_loss_matrix(Wal, "C2 power loss, every syscall index", seed=2)
     _results.append(res)
     assert res.runs > 2000 and res.acked > 0
     assert res.lost == 0 and res.corrupted_accepted == 0 and res.false_corruption == 0
@@ -132,7 +133,6 @@ def test_c10_crash_during_recovery_then_recover_twice_gives_the_same_state() -> 
             res.false_corruption += 1
             continue
         ref = [(r.lsn, r.payload) for r in clean.records]
-        n_ops = len(SimFs(img).trace)
         probe = SimFs(img)
         recover(WAL_DIR, probe)
         n_ops = len(probe.trace)
@@ -143,10 +143,8 @@ def test_c10_crash_during_recovery_then_recover_twice_gives_the_same_state() -> 
                     raise SimCrash(kind)
 
             victim = SimFs(img, on_op=crash_at)
-            try:
+            with contextlib.suppress(SimCrash):
                 recover(WAL_DIR, victim)
-            except SimCrash:
-                pass
             victim.on_op = None
             for mid in victim.crash_images(rng, samples=2):
                 first, fs2 = recover_image(mid)
