@@ -215,19 +215,26 @@ def produce(
     """Send one message, wait for the acknowledgement, print where it landed."""
     from google.protobuf import json_format
 
+    from esper.streams.admin import ensure_topic
     from esper.streams.cluster import bootstrap_servers
     from esper.streams.envelope import JSON, MESSAGE_TYPES, PROTOBUF
     from esper.streams.producer import LeylineProducer
+    from esper.streams.topics import topic_spec
 
     cls = MESSAGE_TYPES.get(type_name)
     if cls is None:
         raise _fail(f"unknown message type {type_name!r}; known: {', '.join(sorted(MESSAGE_TYPES))}")
+    spec = topic_spec(topic)
+    if spec is not None and type_name not in spec.type_names:
+        raise _fail(f"topic {topic} carries {', '.join(spec.type_names)}, not {type_name}")
     text = sys.stdin.read() if str(json_file) == "-" else json_file.read_text()
     try:
         message = json_format.Parse(text, cls())
     except json_format.ParseError as e:
         raise _fail(f"{json_file} is not a valid {type_name}: {e}") from e
-    producer = LeylineProducer(bootstrap_servers(_settings()), producer_id="esper-cli")
+    bootstrap = bootstrap_servers(_settings())
+    ensure_topic(bootstrap, topic)
+    producer = LeylineProducer(bootstrap, producer_id="esper-cli")
     envelope = producer.envelope_for(message, correlation_id=correlation_id, content_type=JSON if as_json else PROTOBUF)
     msg = producer.send_sync(topic, message, key, envelope=envelope)
     print(

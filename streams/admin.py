@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from esper.streams.exceptions import ClusterUnavailableError, StreamsError
+from esper.streams.exceptions import ClusterUnavailableError, StreamsError, UnknownTopicError
 from esper.streams.topics import ALL_TOPICS, TopicSpec
 
 
@@ -52,3 +52,14 @@ def topic_partitions(bootstrap_servers: str) -> dict[str, int]:
     """Every topic of the cluster with its partition count."""
     metadata = admin_client(bootstrap_servers).list_topics(timeout=10)
     return {name: len(t.partitions) for name, t in metadata.topics.items()}
+
+
+def ensure_topic(bootstrap_servers: str, topic: str) -> None:
+    """Raise UnknownTopicError now rather than after the producer's 30 s metadata wait."""
+    try:
+        metadata = admin_client(bootstrap_servers).list_topics(topic, timeout=10)
+    except KafkaException as e:
+        raise ClusterUnavailableError(f"no Kafka cluster answers at {bootstrap_servers}: {e}") from e
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        raise UnknownTopicError(f"topic {topic} does not exist on {bootstrap_servers} (see `esper topics create`)")

@@ -12,6 +12,7 @@ __all__ = [
     "ProvisioningError",
     "StreamsError",
     "UnknownMessageTypeError",
+    "UnknownTopicError",
     "UnsupportedContentTypeError",
     "UnsupportedVersionError",
 ]
@@ -35,6 +36,10 @@ class BrokerStartError(BrokerError):
 
 class ClusterUnavailableError(StreamsError):
     """No Kafka cluster answers at the configured bootstrap servers."""
+
+
+class UnknownTopicError(StreamsError):
+    """The topic does not exist on the cluster (topics are never auto-created: run `esper topics create`)."""
 
 
 class ProduceError(StreamsError):

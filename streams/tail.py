@@ -11,7 +11,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from google.protobuf import json_format
 
 from esper.streams.envelope import decode, header_pairs, header_text
-from esper.streams.exceptions import ClusterUnavailableError, DecodeError
+from esper.streams.exceptions import ClusterUnavailableError, DecodeError, UnknownTopicError
 
 
 def record_as_dict(msg: Message) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def tail_records(
             raise ClusterUnavailableError(f"no Kafka cluster answers at {bootstrap_servers}: {e}") from e
         partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
         if not partitions or metadata.topics[topic].error is not None:
-            raise ClusterUnavailableError(f"topic {topic} does not exist on {bootstrap_servers}")
+            raise UnknownTopicError(f"topic {topic} does not exist on {bootstrap_servers}")
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in partitions])
         seen, last = 0, time.monotonic()

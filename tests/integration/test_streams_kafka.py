@@ -200,3 +200,30 @@ def test_cli_produce_then_tail(kafka_bootstrap: str, run_id: str, tmp_path: Path
     assert mine[0]["value"] == {"action": "PAUSE_ENTER", "target_instance": run_id, "quota_ms": "100"}
     assert mine[0]["headers"]["leyline-correlation-id"] == run_id
     assert mine[0]["headers"]["content-type"] == PROTOBUF
+
+
+@pytest.mark.parametrize(
+    ("topic", "type_name", "payload", "expected"),
+    [
+        ("no.such.topic", "leyline.PauseCommand", "{}", "does not exist"),
+        (TELEMETRY.name, "leyline.PauseCommand", "{}", "carries leyline.TelemetryPacket"),
+        (CONTROL_PAUSE.name, "leyline.Nope", "{}", "unknown message type"),
+        (CONTROL_PAUSE.name, "leyline.PauseCommand", '{"no_such_field": 1}', "not a valid leyline.PauseCommand"),
+        (CONTROL_PAUSE.name, "leyline.PauseCommand", "{not json", "not a valid leyline.PauseCommand"),
+    ],
+)
+def test_cli_produce_rejects_bad_input_with_a_clear_error(
+    kafka_bootstrap: str, tmp_path: Path, topic: str, type_name: str, payload: str, expected: str
+) -> None:
+    command = tmp_path / "bad.json"
+    command.write_text(payload)
+    done = subprocess.run(
+        [sys.executable, "-m", "esper.cli", "produce", topic, "--type", type_name, "--json", str(command)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"ESPER_BOOTSTRAP_SERVERS": kafka_bootstrap, "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
+    assert done.returncode == 1
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
