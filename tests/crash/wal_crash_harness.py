@@ -103,7 +103,7 @@ def check(
             res.corrupted_accepted += 1
         elif lsn not in acked:
             res.unacked_recovered += 1
-    stop = report.last_lsn if report.corruption is not None else None
+    stop = (report.last_lsn or 0) if report.corruption is not None else None
     if report.corruption is not None and not corruption_expected:
         res.false_corruption += 1
         stop = None  # a crash alone must never make the log refuse to open: count what it hides as lost

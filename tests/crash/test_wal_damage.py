@@ -1,0 +1,158 @@
+"""C4 truncation at every byte, C5 bit flips, C6 zeroed sectors / duplicated / swapped / foreign / stale records."""
+
+from __future__ import annotations
+
+import random
+
+from wal_crash_harness import CTX, LONG, USER_TYPES, WAL_DIR, Ack, Result, check, publish, recover_image, workload
+
+from esper.compiler.wal import Entry, RecordType, Wal, WalConfig
+from esper.compiler.wal_cli import stress_payload
+from esper.compiler.wal_format import HEADER_SIZE, padded
+from esper.compiler.wal_scan import ScannedRecord
+from esper.compiler.wal_simfs import CrashImage, SimFs
+
+_results: list[Result] = []
+
+
+def _base(tail_batches: list[int]) -> tuple[CrashImage, dict[int, bytes], set[bytes], list[ScannedRecord]]:
+    """A synced WAL (rolled segments) ending with the given batch sizes of 300-byte records."""
+    acks: list[Ack] = []
+    known: set[bytes] = set()
+    fs = SimFs()
+    workload(fs, acks, known, reopen=False)
+    wal = Wal.open(WAL_DIR, CTX, config=WalConfig(segment_size=16384, checkpoint_every=10**6), fs=fs)
+    for i, n in enumerate(tail_batches):
+        ps = [stress_payload(5, i * 10 + j, 300) for j in range(n)]
+        known.update(ps)
+        lsns = wal.append_batch([Entry(RecordType.DATA, bytes(16), p) for p in ps])
+        acks.extend(Ack(lsn, p, 0, 0) for lsn, p in zip(lsns, ps, strict=True))
+    wal.close()
+    img = fs.durable_image()
+    report, _ = recover_image(img, repair=False)
+    assert report.corruption is None and report.torn_tail is None
+    data = [r for r in report.records if r.type in USER_TYPES]
+    kept = {a.lsn: a.payload for a in acks}  # less the records of retired segments (settled jobs)
+    return img, {r.lsn: kept[r.lsn] for r in data}, known, data
+
+
+def _with(img: CrashImage, path: str, data: bytes) -> CrashImage:
+    return CrashImage({**img.files, path: data}, img.dirs)
+
+
+def _seg(img: CrashImage, r: ScannedRecord) -> str:
+    return f"{WAL_DIR}/wal-{r.segment_id:016x}.seg"
+
+
+def test_c4_truncation_at_every_byte_of_the_last_records() -> None:
+    res = Result("C4 truncate at every byte, last 6 records", power_loss=False)
+    img, acked, known, recs = _base([1, 1, 4, 1])
+    last = recs[-7:]  # the tail batches (1, 1, 4, 1) and the record before them
+    path = _seg(img, last[-1])
+    data = img.files[path]
+    end = last[-1].offset + HEADER_SIZE + padded(last[-1].payload_len)
+    batch_end: dict[int, int] = {}
+    for r in recs:
+        batch_end[r.batch_id] = max(batch_end.get(r.batch_id, 0), r.offset + HEADER_SIZE + r.payload_len)
+    for cut in range(last[0].offset, end + 1):
+        # Records whose whole batch lies before the cut were durable; the cut batch is the unsynced tail.
+        durable = {
+            r.lsn: acked[r.lsn] for r in recs if r.segment_id != last[-1].segment_id or batch_end[r.batch_id] <= cut
+        }
+        report, _ = recover_image(_with(img, path, data[:cut]))
+        check(report, durable, known, res)
+    _results.append(res)
+    assert res.runs > 3000
+    assert res.lost == 0 and res.corrupted_accepted == 0 and res.false_corruption == 0
+    assert res.classes["torn_tail"] > 0
+
+
+def _flip(data: bytes, bit: int) -> bytes:
+    b = bytearray(data)
+    b[bit // 8] ^= 1 << (bit % 8)
+    return bytes(b)
+
+
+def test_c5_every_header_bit_of_first_middle_last_record_and_payload_flips() -> None:
+    res = Result("C5 header bit flips (segment head, first, middle, last)", power_loss=False)
+    img, acked, known, recs = _base([1, 2])
+    targets = [(_seg(img, recs[0]), 0)] + [(_seg(img, r), r.offset) for r in (recs[0], recs[len(recs) // 2], recs[-1])]
+    for path, off in targets:
+        data = img.files[path]
+        for bit in range(HEADER_SIZE * 8):
+            report, _ = recover_image(_with(img, path, _flip(data, off * 8 + bit)), repair=False)
+            check(report, acked, known, res, corruption_expected=True)
+    _results.append(res)
+    pres = Result("C5 random payload bit flips", power_loss=False)
+    rng = random.Random(5)
+    for _ in range(2000 if LONG else 300):
+        r = rng.choice(recs)
+        path = _seg(img, r)
+        bit = (r.offset + HEADER_SIZE) * 8 + rng.randrange(r.payload_len * 8)
+        report, _ = recover_image(_with(img, path, _flip(img.files[path], bit)), repair=False)
+        check(report, acked, known, pres, corruption_expected=True)
+    _results.append(pres)
+    for x in (res, pres):
+        assert x.lost == 0 and x.corrupted_accepted == 0
+        assert x.classes["corruption"] == x.runs, "a flipped bit must be reported as corruption, never cut as a tail"
+
+
+def test_c6_zeroed_sectors() -> None:
+    res = Result("C6 zeroed 512-byte sector (last batch excluded*)", power_loss=False)
+    img, acked, known, recs = _base([1, 3])
+    last_batch = recs[-1].batch_id
+    # *Zeroing a sector of the last batch is exactly what a torn unsynced write leaves: no log can tell them apart.
+    kept = {r.lsn: acked[r.lsn] for r in recs if r.batch_id != last_batch}
+    for path, data in sorted(img.files.items()):
+        used = max((r.offset + HEADER_SIZE + r.payload_len for r in recs if _seg(img, r) == path), default=1024)
+        for s in range(0, used, 512):
+            z = data[:s] + bytes(512) + data[s + 512 :]
+            if z == data:
+                continue
+            report, _ = recover_image(_with(img, path, z), repair=False)
+            check(report, kept, known, res, corruption_expected=True)
+    _results.append(res)
+    assert res.lost == 0 and res.corrupted_accepted == 0 and res.classes["corruption"] > 0
+
+
+def test_c6_duplicated_swapped_foreign_and_stale_records_are_refused() -> None:
+    res = Result("C6 duplicated/swapped/foreign/stale records", power_loss=False)
+    img, acked, known, recs = _base([1, 1, 1, 1])
+    other, _, _, other_recs = _base([1])  # another WAL: another uuid
+    rng = random.Random(6)
+    tail = recs[-4:]
+    path = _seg(img, tail[0])
+    data = img.files[path]
+    span = HEADER_SIZE + padded(tail[0].payload_len)
+
+    def rec_bytes(d: bytes, r: ScannedRecord) -> bytes:
+        return d[r.offset : r.offset + HEADER_SIZE + padded(r.payload_len)]
+
+    end = tail[-1].offset + span
+    foreign = rec_bytes(other.files[_seg(other, other_recs[-1])], other_recs[-1])
+    cases = {
+        "dup after tail": data[:end] + rec_bytes(data, tail[-1]) + data[end + span :],
+        "dup in middle": data[: tail[1].offset] + rec_bytes(data, tail[0]) + data[tail[1].offset + span :],
+        "swap": data[: tail[0].offset]
+        + rec_bytes(data, tail[1])
+        + rec_bytes(data, tail[0])
+        + data[tail[1].offset + span :],
+        "foreign after tail": data[:end] + foreign + data[end + len(foreign) :],
+        "foreign in middle": data[: tail[1].offset] + foreign + data[tail[1].offset + len(foreign) :],
+        "stale old record after tail": data[:end] + rec_bytes(data, tail[0]) + data[end + span :],
+    }
+    for _ in range(20 if not LONG else 200):
+        junk = rng.randbytes(rng.randint(1, 2000))
+        cases[f"stale junk {len(cases)}"] = data[:end] + junk + data[end + len(junk) :]
+    for name, d in cases.items():
+        assert len(d) == len(data), name
+        report, _ = recover_image(_with(img, path, d), repair=False)
+        check(report, acked, known, res, corruption_expected=True)
+        # Junk that looks like an interrupted write may be cut as a torn tail; records out of place never.
+        assert report.corruption is not None or name.startswith("stale junk"), f"{name} was not refused"
+    _results.append(res)
+    assert res.lost == 0 and res.corrupted_accepted == 0
+
+
+def test_zz_publish_damage_table() -> None:
+    publish("C4/C5/C6: damaged bytes (recovery read-only on the damaged image)", _results)

@@ -1,0 +1,121 @@
+"""C1: `kill -9` of `esper wal stress` at random moments; every printed `acked <lsn>` must survive recovery.
+
+Most runs fork this (already imported) test process into the same typer command `esper wal stress` runs, so a run
+costs milliseconds instead of an interpreter start; some runs exec the real `esper` executable. Two at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from wal_crash_harness import LONG, Result, publish
+
+from esper.compiler import wal_cli
+from esper.compiler.wal import RecordType, recover
+from esper.compiler.wal_cli import stress_payload_ok
+
+FORKED_RUNS = 20_000 if LONG else 1_000
+EXEC_RUNS = 300 if LONG else 12
+ESPER = str(Path(sys.executable).with_name("esper"))
+
+
+def _args(path: str, rng: random.Random) -> list[str]:
+    return [
+        "stress",
+        path,
+        "--records",
+        "1000000",
+        "--batch",
+        str(rng.choice([1, 1, 4, 16])),
+        "--threads",
+        str(rng.choice([1, 1, 4])),
+        "--payload-size",
+        str(rng.choice([64, 300, 1500, 5000])),
+        "--segment-size",
+        str(rng.choice([65536, 262144])),
+    ]
+
+
+def _fork_stress(args: list[str]) -> tuple[int, int]:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: become `esper wal stress ...`, stdout = the pipe
+        try:
+            os.close(r)
+            os.dup2(w, 1)
+            wal_cli.app(args=args, standalone_mode=False)
+        finally:
+            os._exit(0)
+    os.close(w)
+    return pid, r
+
+
+def _exec_stress(args: list[str]) -> tuple[int, int]:
+    r, w = os.pipe()
+    p = subprocess.Popen([ESPER, "wal", *args], stdout=w, stderr=subprocess.DEVNULL, close_fds=True)
+    os.close(w)
+    return p.pid, r
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def _campaign(res: Result, runs: int, spawn: str, delay_s: tuple[float, float], tmp: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    acked: dict[str, set[int]] = {}
+    done = 0
+    while done < runs:
+        slots = []
+        for slot in range(min(2, runs - done)):
+            path = str(tmp / f"{spawn}-{slot}")
+            if done % 40 < 2:  # a fresh log now and then, so recovery stays small
+                shutil.rmtree(path, ignore_errors=True)
+                acked[path] = set()
+            acked.setdefault(path, set())
+            launch = _fork_stress if spawn == "fork" else _exec_stress
+            pid, fd = launch(_args(path, rng))
+            slots.append((time.monotonic() + rng.uniform(*delay_s), pid, fd, path))
+        for deadline, pid, _fd, _path in sorted(slots):
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            os.kill(pid, signal.SIGKILL)
+        for _deadline, pid, fd, path in slots:
+            out = _read_all(fd)
+            os.waitpid(pid, 0)
+            lines = out.split(b"\n")[:-1]  # a line without its newline was not complete
+            acked[path].update(int(x.split()[1]) for x in lines if x.startswith(b"acked "))
+            report = recover(path, keep_payloads=True)
+            res.runs += 1
+            res.times_ms.append(report.duration_s * 1e3)
+            res.classes[report.findings[-1].kind if report.findings else "empty"] += 1
+            if report.corruption is not None:
+                res.false_corruption += 1
+            got = {r.lsn: r for r in report.records if r.type == RecordType.DATA}
+            res.acked += len(acked[path])
+            res.recovered += len(got)
+            res.lost += len(acked[path] - got.keys())
+            res.unacked_recovered += len(got.keys() - acked[path])
+            res.corrupted_accepted += sum(1 for r in got.values() if not stress_payload_ok(r.payload or b""))
+        done += len(slots)
+
+
+def test_c1_kill9_stress_never_loses_an_acked_record(tmp_path: Path) -> None:
+    forked = Result(f"C1 kill -9, forked `esper wal stress` x{FORKED_RUNS}", power_loss=False)
+    _campaign(forked, FORKED_RUNS, "fork", (0.0, 0.03), tmp_path, seed=1)
+    execd = Result(f"C1 kill -9, exec'd `esper wal stress` x{EXEC_RUNS}", power_loss=False)
+    _campaign(execd, EXEC_RUNS, "exec", (0.15, 0.6), tmp_path, seed=2)
+    publish("C1: kill -9 (process crash: the page cache survives)", [forked, execd])
+    for r in (forked, execd):
+        assert r.runs >= 10 and r.acked > 0
+        assert r.lost == 0 and r.corrupted_accepted == 0 and r.false_corruption == 0
