@@ -168,12 +168,14 @@ class RecoveryReport:
         return out
 
 
+_CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
+
+
 def _all_zero(buf: ReadBuffer, start: int, end: int) -> bool:
-    chunk = 1 << 20
-    zeros = bytes(chunk)
-    for a in range(start, end, chunk):
-        b = min(end, a + chunk)
-        if buf[a:b] != zeros[: b - a]:
+    for a in range(start, end, _CHUNK):
+        b = min(end, a + _CHUNK)
+        if buf[a:b] != _ZEROS[: b - a]:
             return False
     return True
 
