@@ -1,0 +1,130 @@
+"""The WAL's behaviour on a simulated disk: recovery report, transactions, retirement, policy, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from esper.compiler.exceptions import WalCorruptionError, WalFatalError, WalIOError
+from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, recover, unsettled_in
+from esper.compiler.wal_cli import app, stress_payload, stress_payload_ok
+from esper.compiler.wal_simfs import FaultFs, SimFs
+
+CTX = {"compiler": "0.1", "torch": "2.8.0", "flags": "", "device": "cpu"}
+D = "/w/log"
+CFG = WalConfig(segment_size=8192, checkpoint_every=4)
+
+
+def test_appends_survive_reopen_with_checkpoints_and_a_new_epoch() -> None:
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    lsns = [wal.data(b"j" * 16, b"x" * n) for n in (1, 300, 5000, 0)]
+    root = wal.merkle_root()
+    wal.close()
+    again = Wal.open(D, CTX, config=CFG, fs=fs)
+    assert again.epoch == wal.epoch + 1
+    got = [r.lsn for r in again.recovery.records if r.type == RecordType.DATA]
+    assert got == lsns
+    assert again.recovery.merkle_root() is not None and again.recovery.checkpoints
+    assert len(again.recovery.segments) >= 2  # the 5000-byte record rolled a segment
+    assert root != again.merkle_root()  # the new segment's records are leaves too
+
+
+def test_unsettled_jobs_and_retirement_of_settled_segments() -> None:
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    a, b = b"a" * 16, b"b" * 16
+    wal.begin(a)
+    wal.data(a, b"x" * 3000)
+    wal.begin(b)
+    wal.data(b, b"y" * 6000)  # rolls
+    wal.commit(a)
+    assert set(wal.unsettled_jobs()) == {b}
+    wal.close()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    assert set(wal.unsettled_jobs()) == {b}  # found again after a restart
+    assert wal.retire_settled() == []  # the first segment holds b's BEGIN
+    wal.abort(b)
+    retired = wal.retire_settled()
+    assert retired and wal.unsettled_jobs() == {}
+    wal.close()
+    report = recover(D, fs)
+    assert report.corruption is None and unsettled_in(report.records) == {}
+
+
+def test_corruption_in_the_middle_is_reported_and_refused_not_skipped() -> None:
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    for i in range(6):
+        wal.data(bytes(16), stress_payload(0, i, 100))
+    wal.close()
+    path = f"{D}/wal-0000000000000000.seg"
+    ino = fs.inodes[fs.names[path]]
+    ino.data[1024 + 40] ^= 1  # a header byte of the third record
+    report = recover(D, fs, repair=False)
+    assert report.corruption is not None and report.corruption.offset == 1024
+    assert report.last_lsn is not None and report.last_lsn < 8
+    with pytest.raises(WalCorruptionError):
+        Wal.open(D, CTX, config=CFG, fs=fs)
+
+
+def test_torn_tail_is_cut_and_synced_and_recovery_is_idempotent() -> None:
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    for i in range(3):
+        wal.data(bytes(16), stress_payload(0, i, 100))
+    wal.close()
+    path = f"{D}/wal-0000000000000000.seg"
+    ino = fs.inodes[fs.names[path]]
+    end = recover(D, fs, repair=False).findings[-1].offset
+    ino.data[end : end + 200] = b"\x01" * 200  # a torn header prefix: its sentinel and CRC are still zero
+    first = recover(D, fs)
+    assert first.torn_tail is not None and first.truncated and fs.trace[-1][0] == "fsync"
+    second = recover(D, fs)
+    assert second.torn_tail is None and not second.truncated
+    assert [r.lsn for r in first.records] == [r.lsn for r in second.records]
+
+
+def test_an_io_error_is_fatal_and_never_retried() -> None:
+    fs = FaultFs("eio_sync", at=5)  # dir, tmp, dir syncs in open; the first append; then this
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    wal.data(bytes(16), b"ok")
+    with pytest.raises(WalIOError):
+        wal.data(bytes(16), b"lost")
+    n = len(fs.trace)
+    with pytest.raises(WalFatalError):
+        wal.data(bytes(16), b"refused")
+    assert len(fs.trace) == n
+
+
+def test_entry_rejects_system_types_and_bad_job_ids() -> None:
+    with pytest.raises(ValueError):
+        Entry(RecordType.CHECKPOINT, bytes(16))
+    with pytest.raises(ValueError):
+        Entry(RecordType.DATA, b"short")
+
+
+def test_stress_payload_checks_itself() -> None:
+    p = stress_payload(1, 2, 300)
+    assert len(p) == 300 and stress_payload_ok(p)
+    assert not stress_payload_ok(p[:-1] + bytes([p[-1] ^ 1]))
+
+
+def test_cli_stress_inspect_verify(tmp_path: Path) -> None:
+    path = str(tmp_path / "w")
+    runner = CliRunner()
+    out = runner.invoke(app, ["stress", path, "--records", "50", "--batch", "4", "--threads", "3"])
+    assert out.exit_code == 0
+    ins = runner.invoke(app, ["inspect", path])
+    doc = json.loads(ins.stdout)
+    assert doc["record_count"] >= 50 and doc["merkle_root"] and doc["corruption"] is None
+    assert runner.invoke(app, ["verify", path]).exit_code == 0
+    seg = tmp_path / "w" / "wal-0000000000000000.seg"
+    data = bytearray(seg.read_bytes())
+    data[512 + 3] ^= 0x10
+    seg.write_bytes(bytes(data))
+    bad = runner.invoke(app, ["verify", path])
+    assert bad.exit_code == 1 and json.loads(bad.stdout)["corruption"]
