@@ -24,7 +24,7 @@ from wal_crash_harness import (
 
 from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, recover
 from esper.compiler.wal_cli import stress_payload
-from esper.compiler.wal_simfs import SimCrash, SimFs
+from esper.compiler.wal_simfs import CrashImage, SimCrash, SimFs
 
 SAMPLES = 64 if LONG else 16
 REOPEN_EVERY = 1 if LONG else 5
@@ -119,7 +119,7 @@ def test_c10_crash_during_recovery_then_recover_twice_gives_the_same_state() -> 
     rng = random.Random(10)
     acks: list[Ack] = []
     known: set[bytes] = set()
-    images = []
+    images: list[tuple[CrashImage, dict[int, bytes]]] = []
 
     def grab(fs: SimFs, kind: str) -> None:
         if kind in ("fdatasync", "fsync", "rename", "fsync_dir") and rng.random() < (1.0 if LONG else 0.35):
