@@ -70,7 +70,8 @@ class CircuitBreakerConfig:
     The spec's rule: `failure_threshold` consecutive failures open the breaker (0 turns that rule off); after
     `timeout_ms` it lets exactly `success_threshold` probe calls through, closes as soon as they all succeeded and
     reopens on the first failing probe. The rate rules (off when their threshold is None) open it when, over a window
-    of at least `minimum_number_of_calls`, the failure or slow-call percentage reaches its threshold.
+    of at least `minimum_number_of_calls`, the failure or slow-call percentage reaches its threshold. Successful
+    calls are timed only when the slow-call rule is on (it saves a clock read per call).
     """
 
     failure_threshold: int = 5
@@ -255,8 +256,10 @@ class BreakerCore:
 
     def acquire(self, now_ms: float) -> tuple[int | None, Transition | None]:
         """A permit (the epoch) or None when rejected, and the transition acquiring caused (OPEN -> HALF_OPEN)."""
-        transition = None
         state = self.state
+        if state is CircuitState.CLOSED:
+            return self.epoch, None
+        transition = None
         if state is CircuitState.OPEN and now_ms - self.opened_at_ms >= self.config.timeout_ms:
             transition = self._move(CircuitState.HALF_OPEN, now_ms, f"{self.config.timeout_ms} ms open elapsed")
             state = self.state
@@ -395,31 +398,32 @@ class CircuitBreaker:
         self._source_id = source_id
         self._lock = threading.Lock()
         self._listeners: list[TransitionListener] = []
+        self._timed = self.config.slow_call_rate_threshold is not None
 
     # -- calling -------------------------------------------------------------------------------------------
 
     def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run fn through the breaker; re-raise its exception after recording it; CallNotPermittedError if rejected."""
-        epoch = self._acquire()
         start = self._clock()
+        epoch = self._acquire(start)
         try:
             result = fn(*args, **kwargs)
         except BaseException as e:
-            self._record_error(epoch, e, self._clock() - start)
+            self._record_error(epoch, e, start)
             raise
-        self._record_success(epoch, self._clock() - start)
+        self._record_success(epoch, start)
         return result
 
     async def call_async(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """The asyncio form of `call`: awaits fn without holding the breaker's lock."""
-        epoch = self._acquire()
         start = self._clock()
+        epoch = self._acquire(start)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as e:
-            self._record_error(epoch, e, self._clock() - start)
+            self._record_error(epoch, e, start)
             raise
-        self._record_success(epoch, self._clock() - start)
+        self._record_success(epoch, start)
         return result
 
     def decorate(self, fn: Callable[P, T]) -> Callable[P, T]:
@@ -431,8 +435,7 @@ class CircuitBreaker:
 
         return wrapper
 
-    def _acquire(self) -> int:
-        now = self._clock()
+    def _acquire(self, now: float) -> int:
         with self._lock:
             epoch, transition = self._core.acquire(now)
             state = self._core.state
@@ -442,16 +445,18 @@ class CircuitBreaker:
             raise CallNotPermittedError(self.name, state.name)
         return epoch
 
-    def _record_success(self, epoch: int, duration_ms: float) -> None:
-        now = self._clock()
+    def _record_success(self, epoch: int, start: float) -> None:
+        # Without a slow-call rule the call's duration decides nothing: skip the second clock read.
+        now = self._clock() if self._timed else start
         with self._lock:
-            transition = self._core.on_success(epoch, now, duration_ms)
+            transition = self._core.on_success(epoch, now, now - start)
         if transition is not None:
             self._publish_transition(transition)
 
-    def _record_error(self, epoch: int, error: BaseException, duration_ms: float) -> None:
+    def _record_error(self, epoch: int, error: BaseException, start: float) -> None:
         verdict = self.config.is_failure(error)
         now = self._clock()
+        duration_ms = now - start
         with self._lock:
             if verdict is None:
                 self._core.release(epoch)

@@ -9,6 +9,7 @@ __all__ = [
     "CheckpointOverheadError",
     "ConfigError",
     "IllegalTransitionError",
+    "InvalidCommandError",
     "NotPausedError",
     "PauseRefusedError",
     "RecompilationLimitError",
@@ -74,3 +75,7 @@ class CheckpointOverheadError(SafetyError, RuntimeError):
 
 class TeacherMemoryExceededError(SafetyError, MemoryError):
     """The teacher model's memory is above its limit (recorded by the breaker)."""
+
+
+class InvalidCommandError(SafetyError):
+    """A control command that cannot be applied (unknown action, no target, unknown slot): it is dead-lettered."""

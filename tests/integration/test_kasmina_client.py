@@ -1,0 +1,197 @@
+"""The Kasmina client against the real broker: telemetry from a training loop with slots, pause commands typed into
+kafka-console-producer as JSON, and training that carries on while the broker is away (this test runs last)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from esper.proto import leyline_pb2 as pb
+from esper.safety.client import DROPPED_METRIC, KasminaClient
+from esper.safety.config import GraftingConfig
+from esper.safety.seed import SeedSlot, SeedStage
+from esper.settings import load_settings
+from esper.streams.broker import LocalBroker
+from esper.streams.consumer import LeylineConsumer, Record
+from esper.streams.kafka_dist import KafkaDistribution
+from esper.streams.topics import CONTROL_PAUSE, SAFETY, TELEMETRY
+
+pytestmark = pytest.mark.broker
+
+CFG = GraftingConfig(fixed_steps=3, stabilization_epochs=1)
+
+
+class Host(nn.Module):
+    def __init__(self, slot: SeedSlot) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.slot = slot
+        self.b = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.slot(torch.relu(self.a(x))))
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def read_back(bootstrap: str, topic: str, keep: Callable[[Record], bool], want: int, timeout_s: float = 30.0) -> list:
+    consumer = LeylineConsumer(bootstrap, f"test-readback-{uuid.uuid4().hex[:8]}", [topic], from_beginning=True)
+    found: list = []
+    try:
+        wait_for(
+            lambda: (
+                (
+                    bool(consumer.poll_once(lambda r: found.append(r.message) if keep(r) else None, 0.2))
+                    and len(found) >= want
+                )
+                or len(found) >= want
+            ),
+            timeout_s,
+        )
+    finally:
+        consumer.close()
+    return found
+
+
+def train(host: Host, slot: SeedSlot, client: KasminaClient, steps: int) -> int:
+    opt = torch.optim.SGD(host.parameters(), lr=0.01)
+    done = 0
+    for _ in range(steps):
+        start = time.perf_counter()
+        x = torch.randn(16, 8)
+        loss = host(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        slot.advance()
+        client.publish_metrics(
+            {"training_step_time_ms": (time.perf_counter() - start) * 1e3, "loss": float(loss)}, {"slot": slot.slot_id}
+        )
+        done += 1
+    return done
+
+
+def make(bootstrap: str, run_id: str, **kw: object) -> tuple[KasminaClient, SeedSlot, Host]:
+    instance = f"kasmina-test-{run_id}"
+    client = KasminaClient(bootstrap, instance, **kw)  # type: ignore[arg-type]
+    slot = SeedSlot("s0", nn.Linear(16, 16), instance_id=instance, config=CFG, sink=client)
+    client.add_slot(slot)
+    return client, slot, Host(slot)
+
+
+def test_training_loop_publishes_telemetry_and_seed_events(kafka_bootstrap: str, run_id: str) -> None:
+    client, slot, host = make(kafka_bootstrap, run_id, consume_pause=False)
+    with client:
+        slot.germinate()
+        slot.transition(SeedStage.TRAINING)
+        train(host, slot, client, 10)
+        slot.transition(SeedStage.BLENDING)
+        train(host, slot, client, 10)
+        assert client.flush(20) == 0
+    packets = read_back(kafka_bootstrap, TELEMETRY.name, lambda r: r.message.source_id == client.instance_id, 20)
+    assert len(packets) == 20
+    names = {m.name for p in packets for m in p.metrics}
+    assert {"training_step_time_ms", "loss", DROPPED_METRIC} <= names
+    events = read_back(kafka_bootstrap, SAFETY.name, lambda r: r.message.source_id == client.instance_id, 3)
+    stages = [e.seed_transition.to_stage for e in events if e.WhichOneof("detail") == "seed_transition"]
+    assert stages == [pb.SEED_GERMINATED, pb.SEED_TRAINING, pb.SEED_BLENDING]
+    assert client.stats().dropped == 0
+
+
+def console_produce(bootstrap: str, lines: list[str]) -> None:
+    settings = load_settings()
+    tool = KafkaDistribution.in_home(settings.home, settings.kafka_version).tool("kafka-console-producer")
+    cmd = [
+        str(tool),
+        "--bootstrap-server",
+        bootstrap,
+        "--topic",
+        CONTROL_PAUSE.name,
+        "--reader-property",
+        "parse.headers=true",
+        "--reader-property",
+        "parse.key=true",
+    ]
+    subprocess.run(cmd, input="".join(f"{line}\n" for line in lines), text=True, check=True, timeout=120)
+
+
+def json_line(key: str, body: str) -> str:
+    return f"content-type:application/json,leyline-type:leyline.PauseCommand\t{key}\t{body}"
+
+
+def test_console_producer_json_pauses_and_resumes_the_slot(kafka_bootstrap: str, run_id: str) -> None:
+    client, slot, host = make(kafka_bootstrap, run_id)
+    with client:
+        assert client.wait_ready(60)
+        slot.germinate()
+        slot.transition(SeedStage.TRAINING)
+        train(host, slot, client, 2)
+        slot.transition(SeedStage.BLENDING)
+        train(host, slot, client, 3)  # alpha = 1: the slot is now the seed, not the identity
+        x = torch.randn(4, 16)
+        assert not torch.equal(slot(x), x)
+        me = client.instance_id
+        console_produce(
+            kafka_bootstrap,
+            [
+                json_line(me, '{"action": "PAUSE_ENTER", "target_instance": "' + me + '", "target_slots": ["nope"]}'),
+                json_line(me, "{not json"),
+                json_line("other", '{"action": "PAUSE_ENTER", "target_instance": "someone-else"}'),
+                json_line(
+                    me,
+                    '{"command_id": "c1", "action": "PAUSE_ENTER", "target_instance": "' + me + '", '
+                    '"reason": "operator", "max_duration_ms": 600000}',
+                ),
+            ],
+        )
+        assert wait_for(lambda: slot.is_paused)
+        assert torch.equal(slot(x), x)  # the identity kernel: the input's values, unchanged
+        assert wait_for(lambda: client.stats().commands_rejected == 2)
+        console_produce(kafka_bootstrap, [json_line(me, '{"action": "PAUSE_EXIT", "target_instance": "' + me + '"}')])
+        assert wait_for(lambda: not slot.is_paused)
+        assert not torch.equal(slot(x), x)
+        assert client.flush(20) == 0
+    events = read_back(kafka_bootstrap, SAFETY.name, lambda r: r.message.source_id == me, 7)
+    kinds = [e.WhichOneof("detail") or "rejected" for e in events]
+    assert kinds.count("rejected") == 2 and "pause_entered" in kinds and "pause_exited" in kinds
+    dead = read_back(
+        kafka_bootstrap,
+        "leyline.deadletter",
+        lambda r: r.message.origin_topic == CONTROL_PAUSE.name and r.message.origin_key == me.encode(),
+        2,
+    )
+    assert len(dead) == 2
+
+
+def test_training_survives_the_broker_going_away(kafka_bootstrap: str, test_broker: LocalBroker, run_id: str) -> None:
+    client, slot, host = make(
+        kafka_bootstrap,
+        run_id,
+        consume_pause=False,
+        producer_overrides={"queue.buffering.max.messages": 20, "message.timeout.ms": 2000},
+    )
+    try:
+        slot.germinate()
+        slot.transition(SeedStage.TRAINING)
+        train(host, slot, client, 5)
+        assert client.flush(20) == 0
+        test_broker.down()
+        assert train(host, slot, client, 200) == 200
+        assert wait_for(lambda: client.stats().dropped > 0, 10)
+    finally:
+        test_broker.up(timeout_s=180)
+    client.close(timeout_s=5)
+    assert client.stats().dropped > 0
