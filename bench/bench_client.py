@@ -29,7 +29,7 @@ from esper.streams.topics import ALL_TOPICS, CONTROL_PAUSE
 
 BLOCKS = 10
 STEPS_PER_BLOCK = 50
-PAUSE_ROUNDS = 60
+PAUSE_ROUNDS = 200
 
 
 def bootstrap() -> str:
@@ -44,11 +44,11 @@ def bootstrap() -> str:
 
 
 def model(slot: SeedSlot) -> nn.Module:
-    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), slot, nn.Linear(256, 10))
+    return nn.Sequential(nn.Linear(128, 512), nn.ReLU(), slot, nn.Linear(512, 10))
 
 
 def step_times(net: nn.Module, slot: SeedSlot, opt: torch.optim.Optimizer, client: KasminaClient | None) -> list[float]:
-    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    x, y = torch.randn(128, 128), torch.randint(0, 10, (128,))
     times = []
     for _ in range(STEPS_PER_BLOCK):
         start = time.perf_counter()
@@ -67,7 +67,7 @@ def step_overhead(servers: str) -> list[Row]:
     torch.set_num_threads(1)
     instance = f"bench-{uuid.uuid4().hex[:8]}"
     with KasminaClient(servers, instance, consume_pause=False) as client:
-        slot = SeedSlot("s0", nn.Linear(256, 256), instance_id=instance, config=GraftingConfig(), sink=client)
+        slot = SeedSlot("s0", nn.Linear(512, 512), instance_id=instance, config=GraftingConfig(), sink=client)
         slot.germinate()
         slot.transition(SeedStage.TRAINING)
         net = model(slot)

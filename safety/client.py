@@ -146,7 +146,9 @@ class KasminaClient:
             return
         self._buffer.append((kind, item))
         self._queued += 1
-        if not self._wake.is_set():
+        # Wake the publisher only when the buffer fills up; otherwise it drains in batches every 20 ms, which
+        # keeps its GIL and CPU use away from the training step.
+        if len(self._buffer) >= self._buffer_size // 2 and not self._wake.is_set():
             self._wake.set()
 
     # -- background publishing ------------------------------------------------------------------------------
@@ -156,7 +158,7 @@ class KasminaClient:
             self._drain()
             if self._stop.is_set() and not self._buffer:
                 return
-            self._wake.wait(0.05)
+            self._wake.wait(0.02)
             self._wake.clear()
             self._producer.poll(0)
 
