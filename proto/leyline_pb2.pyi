@@ -500,8 +500,22 @@ class SeedTransition(_message.Message):
     reason: str
     def __init__(self, instance_id: _Optional[str] = ..., slot_id: _Optional[str] = ..., from_stage: _Optional[_Union[SeedStage, str]] = ..., to_stage: _Optional[_Union[SeedStage, str]] = ..., gate: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class CommandRejected(_message.Message):
+    __slots__ = ("error_type", "error", "origin_topic", "origin_partition", "origin_offset")
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    error_type: str
+    error: str
+    origin_topic: str
+    origin_partition: int
+    origin_offset: int
+    def __init__(self, error_type: _Optional[str] = ..., error: _Optional[str] = ..., origin_topic: _Optional[str] = ..., origin_partition: _Optional[int] = ..., origin_offset: _Optional[int] = ...) -> None: ...
+
 class SafetyEvent(_message.Message):
-    __slots__ = ("event_id", "timestamp", "subsystem", "source_id", "severity", "message", "breaker_failure", "breaker_transition", "conservative_mode", "timing_violation", "hardware_profile", "pause_entered", "pause_exited", "quota_decision", "quota_reset", "checkpoint_recompilation", "checkpoint_overhead", "teacher_memory", "checkpoint_fallback", "seed_transition", "teacher_loading_timeout")
+    __slots__ = ("event_id", "timestamp", "subsystem", "source_id", "severity", "message", "breaker_failure", "breaker_transition", "conservative_mode", "timing_violation", "hardware_profile", "pause_entered", "pause_exited", "quota_decision", "quota_reset", "checkpoint_recompilation", "checkpoint_overhead", "teacher_memory", "checkpoint_fallback", "seed_transition", "teacher_loading_timeout", "command_rejected")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     SUBSYSTEM_FIELD_NUMBER: _ClassVar[int]
@@ -523,6 +537,7 @@ class SafetyEvent(_message.Message):
     CHECKPOINT_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     SEED_TRANSITION_FIELD_NUMBER: _ClassVar[int]
     TEACHER_LOADING_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_REJECTED_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     timestamp: _timestamp_pb2.Timestamp
     subsystem: str
@@ -544,7 +559,8 @@ class SafetyEvent(_message.Message):
     checkpoint_fallback: CheckpointFallback
     seed_transition: SeedTransition
     teacher_loading_timeout: TeacherLoadingTimeout
-    def __init__(self, event_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subsystem: _Optional[str] = ..., source_id: _Optional[str] = ..., severity: _Optional[_Union[TelemetryLevel, str]] = ..., message: _Optional[str] = ..., breaker_failure: _Optional[_Union[BreakerFailure, _Mapping]] = ..., breaker_transition: _Optional[_Union[BreakerTransition, _Mapping]] = ..., conservative_mode: _Optional[_Union[ConservativeModeChanged, _Mapping]] = ..., timing_violation: _Optional[_Union[TimingViolation, _Mapping]] = ..., hardware_profile: _Optional[_Union[HardwareProfile, _Mapping]] = ..., pause_entered: _Optional[_Union[PauseEntered, _Mapping]] = ..., pause_exited: _Optional[_Union[PauseExited, _Mapping]] = ..., quota_decision: _Optional[_Union[QuotaDecision, _Mapping]] = ..., quota_reset: _Optional[_Union[QuotaReset, _Mapping]] = ..., checkpoint_recompilation: _Optional[_Union[CheckpointRecompilation, _Mapping]] = ..., checkpoint_overhead: _Optional[_Union[CheckpointOverhead, _Mapping]] = ..., teacher_memory: _Optional[_Union[TeacherMemory, _Mapping]] = ..., checkpoint_fallback: _Optional[_Union[CheckpointFallback, _Mapping]] = ..., seed_transition: _Optional[_Union[SeedTransition, _Mapping]] = ..., teacher_loading_timeout: _Optional[_Union[TeacherLoadingTimeout, _Mapping]] = ...) -> None: ...
+    command_rejected: CommandRejected
+    def __init__(self, event_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subsystem: _Optional[str] = ..., source_id: _Optional[str] = ..., severity: _Optional[_Union[TelemetryLevel, str]] = ..., message: _Optional[str] = ..., breaker_failure: _Optional[_Union[BreakerFailure, _Mapping]] = ..., breaker_transition: _Optional[_Union[BreakerTransition, _Mapping]] = ..., conservative_mode: _Optional[_Union[ConservativeModeChanged, _Mapping]] = ..., timing_violation: _Optional[_Union[TimingViolation, _Mapping]] = ..., hardware_profile: _Optional[_Union[HardwareProfile, _Mapping]] = ..., pause_entered: _Optional[_Union[PauseEntered, _Mapping]] = ..., pause_exited: _Optional[_Union[PauseExited, _Mapping]] = ..., quota_decision: _Optional[_Union[QuotaDecision, _Mapping]] = ..., quota_reset: _Optional[_Union[QuotaReset, _Mapping]] = ..., checkpoint_recompilation: _Optional[_Union[CheckpointRecompilation, _Mapping]] = ..., checkpoint_overhead: _Optional[_Union[CheckpointOverhead, _Mapping]] = ..., teacher_memory: _Optional[_Union[TeacherMemory, _Mapping]] = ..., checkpoint_fallback: _Optional[_Union[CheckpointFallback, _Mapping]] = ..., seed_transition: _Optional[_Union[SeedTransition, _Mapping]] = ..., teacher_loading_timeout: _Optional[_Union[TeacherLoadingTimeout, _Mapping]] = ..., command_rejected: _Optional[_Union[CommandRejected, _Mapping]] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
     __slots__ = ("shape", "dtype")

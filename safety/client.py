@@ -94,7 +94,6 @@ class KasminaClient:
         self._buffer_dropped = 0
         self.commands_applied = 0
         self.commands_rejected = 0
-        self._rejected_in_handler = 0  # dead letters of this poll that the handler already reported
         self._producer = LeylineProducer(
             bootstrap_servers,
             producer_id=f"kasmina-{instance_id}",
@@ -110,6 +109,7 @@ class KasminaClient:
                 f"kasmina-{instance_id}-{uuid.uuid4().hex[:8]}",
                 [CONTROL_PAUSE.name],
                 from_beginning=False,
+                on_dead_letter=self._on_rejected,
                 **{**_CONSUMER_DEFAULTS, **(consumer_overrides or {})},
             )
             self._listener = threading.Thread(
@@ -197,26 +197,27 @@ class KasminaClient:
             # librdkafka's consumer is used from this thread only (assignment() from another thread can hang)
             if not self._ready.is_set() and self._consumer.assignment():
                 self._ready.set()
-            before = self._consumer.stats.dead_lettered
             try:
                 self._consumer.poll_once(self._apply_command, timeout_s=0.05, max_records=1)
             except Exception:  # the broker away, a dead-letter send failing: keep listening
                 log.exception("pause consumer poll failed")
                 time.sleep(0.1)
-            undecodable = self._consumer.stats.dead_lettered - before - self._rejected_in_handler
-            self._rejected_in_handler = 0
-            if undecodable > 0:
-                self.commands_rejected += undecodable
-                reason = self._consumer.stats.last_error or "undecodable record"
-                self.emit(
-                    safety_event(
-                        pb.TELEMETRY_ERROR, f"pause command dead-lettered: {reason}", source_id=self.instance_id
-                    )
-                )
             for slot in self._slots.values():
                 slot.tick()
 
-    _rejected_in_handler = 0
+    def _on_rejected(self, letter: pb.DeadLetter, error: BaseException) -> None:
+        """A command was dead-lettered (undecodable, or invalid here): count it and report it as a safety event."""
+        self.commands_rejected += 1
+        rejected = pb.CommandRejected(
+            error_type=type(error).__name__,
+            error=str(error),
+            origin_topic=letter.origin_topic,
+            origin_partition=letter.origin_partition,
+            origin_offset=letter.origin_offset,
+        )
+        self.emit(
+            safety_event(pb.TELEMETRY_ERROR, f"pause command rejected: {error}", rejected, source_id=self.instance_id)
+        )
 
     def _apply_command(self, record: Record) -> None:
         cmd = record.message
@@ -225,17 +226,7 @@ class KasminaClient:
         if cmd.target_instance != self.instance_id:
             return
         start = monotonic_ms()
-        try:
-            self._apply_pause(cmd)
-        except InvalidCommandError as e:
-            self._rejected_in_handler += 1
-            self.commands_rejected += 1
-            self.emit(
-                safety_event(
-                    pb.TELEMETRY_ERROR, f"pause command {cmd.command_id} rejected: {e}", source_id=self.instance_id
-                )
-            )
-            raise
+        self._apply_pause(cmd)  # an InvalidCommandError dead-letters the record, then _on_rejected reports it
         self.commands_applied += 1
         self.publish_metrics({"command_processing_time_ms": monotonic_ms() - start})
 

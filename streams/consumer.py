@@ -15,6 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message
 from google.protobuf.message import Message as ProtoMessage
 
+from esper.proto import leyline_pb2 as pb
 from esper.streams.deadletter import DeadLetterPublisher
 from esper.streams.envelope import Decoded, Envelope, decode
 from esper.streams.exceptions import DecodeError
@@ -44,6 +45,8 @@ class Record:
 
 
 Handler = Callable[[Record], None]
+# Told of every dead letter this consumer published (after the broker acknowledged it), with the error behind it.
+DeadLetterHook = Callable[[pb.DeadLetter, BaseException], None]
 
 
 @dataclass
@@ -66,6 +69,7 @@ class LeylineConsumer:
         *,
         from_beginning: bool = True,
         dead_letters: DeadLetterPublisher | None = None,
+        on_dead_letter: DeadLetterHook | None = None,
         **overrides: Any,
     ) -> None:
         self.group_id = group_id
@@ -84,6 +88,7 @@ class LeylineConsumer:
         self.dead_letters = dead_letters or DeadLetterPublisher(
             LeylineProducer(bootstrap_servers, producer_id=f"{group_id}-deadletter"), group_id
         )
+        self.on_dead_letter = on_dead_letter
         self.stats = ConsumerStats()
 
     def poll_once(self, handler: Handler, timeout_s: float = 0.5, max_records: int = 500) -> int:
@@ -125,11 +130,13 @@ class LeylineConsumer:
         self._consumer.store_offsets(message=msg)
 
     def _dead_letter(self, msg: Message, error: BaseException) -> None:
-        self.dead_letters.publish(msg, error)
+        letter = self.dead_letters.publish(msg, error)
         self.stats.dead_lettered += 1
         reason = type(error).__name__
         self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
         self._consumer.store_offsets(message=msg)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(letter, error)
 
     def assignment(self) -> list[tuple[str, int]]:
         """The (topic, partition) pairs this consumer holds now; empty until the group has assigned it some."""

@@ -165,8 +165,11 @@ def test_console_producer_json_pauses_and_resumes_the_slot(kafka_bootstrap: str,
         assert not torch.equal(slot(x), x)
         assert client.flush(20) == 0
     events = read_back(kafka_bootstrap, SAFETY.name, lambda r: r.message.source_id == me, 7)
-    kinds = [e.WhichOneof("detail") or "rejected" for e in events]
-    assert kinds.count("rejected") == 2 and "pause_entered" in kinds and "pause_exited" in kinds
+    kinds = [e.WhichOneof("detail") for e in events]
+    assert kinds.count("command_rejected") == 2 and "pause_entered" in kinds and "pause_exited" in kinds
+    rejected = [e.command_rejected for e in events if e.WhichOneof("detail") == "command_rejected"]
+    assert sorted(r.error_type for r in rejected) == ["InvalidCommandError", "MalformedPayloadError"]
+    assert all(r.origin_topic == CONTROL_PAUSE.name for r in rejected)
     dead = read_back(
         kafka_bootstrap,
         "leyline.deadletter",
