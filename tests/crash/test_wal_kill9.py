@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from esper.compiler import wal_cli
 from esper.compiler.wal import RecordType, recover
 from esper.compiler.wal_cli import stress_payload_ok
 
-FORKED_RUNS = 20_000 if LONG else 1_000
+FORKED_RUNS = 10_000 if LONG else 1_000
 EXEC_RUNS = 300 if LONG else 12
 ESPER = str(Path(sys.executable).with_name("esper"))
 
@@ -87,11 +88,17 @@ def _campaign(res: Result, runs: int, spawn: str, delay_s: tuple[float, float], 
             launch = _fork_stress if spawn == "fork" else _exec_stress
             pid, fd = launch(_args(path, rng))
             slots.append((time.monotonic() + rng.uniform(*delay_s), pid, fd, path))
-        for deadline, pid, _fd, _path in sorted(slots):
+        heads: dict[int, bytes] = {}
+        for deadline, pid, fd, _path in sorted(slots):
+            if rng.random() < 0.8:  # mostly kill while appending: wait for the first ack, then a random delay
+                if select.select([fd], [], [], 5.0)[0]:
+                    heads[fd] = os.read(fd, 1 << 16)
+                deadline = time.monotonic() + rng.uniform(0.0, delay_s[1])
+            # else: at a random time from start, which also hits start-up and recovery
             time.sleep(max(0.0, deadline - time.monotonic()))
             os.kill(pid, signal.SIGKILL)
         for _deadline, pid, fd, path in slots:
-            out = _read_all(fd)
+            out = heads.get(fd, b"") + _read_all(fd)
             os.waitpid(pid, 0)
             lines = out.split(b"\n")[:-1]  # a line without its newline was not complete
             acked[path].update(int(x.split()[1]) for x in lines if x.startswith(b"acked "))
