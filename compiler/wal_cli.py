@@ -95,10 +95,11 @@ def stress(
     counter = iter(range(10**18))
     counter_lock = threading.Lock()
     size = max(48, payload_size)
+    reader_gone = threading.Event()  # stdout closed (e.g. `| head`): stop appending, quietly
 
     def worker(tid: int, n: int) -> None:
         done = 0
-        while done < n:
+        while done < n and not reader_gone.is_set():
             k = min(batch, n - done)
             with counter_lock:
                 seqs = [next(counter) for _ in range(k)]
@@ -106,8 +107,12 @@ def stress(
             line = "".join(f"acked {lsn}\n" for lsn in lsns).encode()
             with out_lock:  # one write(2) per batch, after the batch's fdatasync returned
                 view = memoryview(line)
-                while view:
-                    view = view[os.write(1, view) :]
+                try:
+                    while view:
+                        view = view[os.write(1, view) :]
+                except BrokenPipeError:
+                    reader_gone.set()
+                    return
             done += k
 
     per = [records // threads + (1 if i < records % threads else 0) for i in range(threads)]
