@@ -252,9 +252,52 @@ def produce(
 # ---------------------------------------------------------------- the main job
 
 
+@app.command("demo")
+def demo(
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
+    instance: Annotated[str, typer.Option(help="Kasmina instance id (the target of pause commands).")] = "kasmina-demo",
+    pace_ms: Annotated[float, typer.Option(help="Wait between steps, so that a person can follow and pause it.")] = 20,
+) -> None:
+    """A demo training run: a host model with a seed slot, the Kasmina client publishing and obeying pauses."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from esper.safety.demo import run_demo
+    from esper.streams.cluster import bootstrap_servers
+
+    bootstrap = bootstrap_servers(_settings())
+    out.print(
+        f"training [bold]{instance}[/bold]; pause it from another shell with\n"
+        f"  esper produce {'leyline.control.pause'} --type leyline.PauseCommand --json pause.json\n"
+        f'  (pause.json: {{"action": "PAUSE_ENTER", "target_instance": "{instance}", "reason": "ops"}})'
+    )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("demo training", total=steps, status="")
+
+        def on_step(step: int, loss: float, stage: object, paused: bool) -> None:
+            status = f"loss {loss:.4f}  seed {getattr(stage, 'name', stage)}{'  PAUSED' if paused else ''}"
+            progress.update(task, completed=step + 1, status=status)
+
+        result = run_demo(bootstrap, steps=steps, instance_id=instance, pace_ms=pace_ms, on_step=on_step)
+    out.print(
+        f"{result.steps} steps: loss {result.first_loss:.4f} -> {result.last_loss:.4f}; "
+        f"seed {result.final_stage.name}; {result.telemetry_queued} telemetry messages, {result.dropped} dropped; "
+        f"{result.pause_commands_applied} pause commands applied"
+    )
+    for refusal in result.refused:
+        out.print(f"gate refused: {refusal}")
+    out.print("see them: esper tail leyline.safety --latest   |   esper tail leyline.telemetry --latest")
+
+
 @app.command("run")
-def run() -> None:
-    """The main job: bring the broker up (unless a cluster is configured) and create the topics."""
+def run(steps: Annotated[int, typer.Option(help="Steps of the demo training run (0: none).")] = 300) -> None:
+    """The main job: the broker (unless a cluster is configured), the topics, then a demo training run."""
     from esper.streams.admin import create_topics
     from esper.streams.cluster import bootstrap_servers
 
@@ -265,6 +308,8 @@ def run() -> None:
     topics_list()
     created = sum(1 for v in outcome.values() if v == "created")
     out.print(f"{len(outcome)} topics ready ({created} created) on {bootstrap_servers(settings)}")
+    if steps:
+        demo(steps=steps, instance="kasmina-demo", pace_ms=20)
 
 
 def main() -> None:

@@ -1,0 +1,128 @@
+"""The demo training run of `esper run`: a small host model with one seed slot, driven through the seed lifecycle
+while the Kasmina client publishes telemetry and safety events and obeys pause commands from Kafka.
+
+The seed here is a plain module (compiled artifacts arrive with the compiler). The performance gate (G4) compares
+the loss of the last steps with the seed blended in against the loss of the steps before blending began.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from esper.safety.client import KasminaClient
+from esper.safety.config import GraftingConfig
+from esper.safety.exceptions import IllegalTransitionError
+from esper.safety.seed import SeedSlot, SeedStage
+
+__all__ = ["DemoResult", "run_demo"]
+
+StepCallback = Callable[[int, float, SeedStage, bool], None]  # step, loss, stage, paused
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    steps: int
+    first_loss: float
+    last_loss: float
+    final_stage: SeedStage
+    telemetry_queued: int
+    dropped: int
+    pause_commands_applied: int
+    refused: tuple[str, ...]  # transitions a gate refused (each also a safety event)
+
+
+def _plan(config: GraftingConfig) -> dict[int, SeedStage]:
+    """Step -> stage to enter: germinate early, train, blend over fixed_steps, shadow, then the G4 decisions."""
+    train_at = 20
+    blend_at = train_at + max(config.stabilization_epochs, 60)
+    shadow_at = blend_at + config.fixed_steps
+    return {
+        train_at - 1: SeedStage.GERMINATED,
+        train_at: SeedStage.TRAINING,
+        blend_at: SeedStage.BLENDING,
+        shadow_at: SeedStage.SHADOWING,
+        shadow_at + 40: SeedStage.PROBATIONARY,
+        shadow_at + 80: SeedStage.FOSSILIZED,
+    }
+
+
+def run_demo(
+    bootstrap_servers: str,
+    *,
+    steps: int = 300,
+    instance_id: str = "kasmina-demo",
+    pace_ms: float = 0.0,
+    on_step: StepCallback | None = None,
+) -> DemoResult:
+    """Train for `steps`; `pace_ms` waits between steps so that a person can follow the run (and pause it)."""
+    torch.manual_seed(0)
+    config = GraftingConfig(fixed_steps=30)
+    width = 64
+    teacher = torch.randn(32, 1) * 0.2  # a smooth target the small host can learn
+    plan = _plan(config)
+    losses: list[float] = []
+    refused: list[str] = []
+    with KasminaClient(bootstrap_servers, instance_id) as client:
+        slot = SeedSlot(
+            "slot-0",
+            nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width)),
+            instance_id=instance_id,
+            config=config,
+            sink=client,
+        )
+        client.add_slot(slot)
+        host = nn.Sequential(nn.Linear(32, width), nn.GELU(), slot, nn.Linear(width, 1))
+        optimizer = torch.optim.Adam(host.parameters(), lr=1e-2)
+        client.wait_ready(30)
+        for step in range(steps):
+            target = plan.get(step)
+            if target is not None and slot.stage not in (SeedStage.EMBARGOED, SeedStage.CULLED):
+                _enter(slot, target, losses, plan, refused)
+            x = torch.randn(128, 32)
+            y = torch.sin(x @ teacher)
+            loss = nn.functional.mse_loss(host(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            slot.advance()
+            losses.append(loss.item())
+            client.publish_metrics(
+                {"loss": losses[-1], "alpha_blending_value": slot.metrics().alpha},
+                {"slot": slot.slot_id, "stage": slot.stage.name},
+            )
+            if on_step is not None:
+                on_step(step, losses[-1], slot.stage, slot.is_paused)
+            if pace_ms:
+                time.sleep(pace_ms / 1000)
+        client.flush(10)
+        stats = client.stats()
+    return DemoResult(
+        steps=steps,
+        first_loss=statistics.fmean(losses[:10]),
+        last_loss=statistics.fmean(losses[-10:]),
+        final_stage=slot.stage,
+        telemetry_queued=stats.queued,
+        dropped=stats.dropped,
+        pause_commands_applied=stats.commands_applied,
+        refused=tuple(refused),
+    )
+
+
+def _enter(
+    slot: SeedSlot, target: SeedStage, losses: list[float], plan: dict[int, SeedStage], refused: list[str]
+) -> None:
+    improvement = None
+    if target in (SeedStage.PROBATIONARY, SeedStage.FOSSILIZED):
+        blend_at = next(step for step, stage in plan.items() if stage is SeedStage.BLENDING)
+        before = statistics.fmean(losses[blend_at - 20 : blend_at])
+        improvement = before - statistics.fmean(losses[-20:])
+    try:
+        slot.transition(target, improvement=improvement)
+    except IllegalTransitionError as e:  # the slot reported it; a failed G4 has culled the seed
+        refused.append(str(e))
