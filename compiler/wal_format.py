@@ -11,6 +11,7 @@ import json
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import crc32c
 
@@ -41,7 +42,7 @@ ZERO32 = bytes(32)
 
 # magic, version, endian, type, flags, hlen, plen, reserved | lsn, prev, next | uuid | segment, epoch | txn |
 # batch id, index, count | timestamp | payload sha, ctx sha, chain | reserved | payload crc, sentinel, header crc
-_FMT = struct.Struct("<8sHHBBHII QQQ 16s QQ 16s QII Q 32s32s32s 28s III")
+_FMT = HEADER_FMT = struct.Struct("<8sHHBBHII QQQ 16s QQ 16s QII Q 32s32s32s 28s III")
 assert _FMT.size == HEADER_SIZE
 _RESERVED28 = bytes(28)
 
@@ -89,17 +90,68 @@ class Header:
         return self.next_offset - HEADER_SIZE - padded(self.payload_len)
 
 
-def encode_header(h: Header) -> bytes:
-    """The 256 header bytes, CRC last. `h.chain` must already be computed with `chain_next`."""
-    body = _FMT.pack(
+# The header in two parts, so the writer packs it once: the chained prefix header[0:184] (everything the chain hash and
+# the Merkle leaf commit to), then the tail header[184:252] (chain, reserved, payload CRC, sentinel); CRC last.
+_PREFIX = struct.Struct("<8sHHBBHII QQQ 16s QQ 16s QII Q 32s32s")
+_TAIL = struct.Struct("<32s 28s II")
+assert _PREFIX.size == CHAINED and CHAINED + _TAIL.size + 4 == HEADER_SIZE
+_CRC = struct.Struct("<I")
+
+
+def encode_prefix(
+    rtype: int,
+    payload_len: int,
+    lsn: int,
+    prev_offset: int,
+    next_offset: int,
+    wal_uuid: bytes,
+    segment_id: int,
+    epoch: int,
+    txn: bytes,
+    batch_id: int,
+    batch_index: int,
+    batch_count: int,
+    timestamp_ns: int,
+    payload_sha: bytes,
+    ctx_sha: bytes,
+) -> bytes:
+    """header[0:184]: what the chain hash and the Merkle leaf commit to."""
+    return _PREFIX.pack(
         MAGIC,
         VERSION,
         ENDIAN_MARK,
-        h.type,
+        rtype,
         0,
         HEADER_SIZE,
-        h.payload_len,
+        payload_len,
         0,
+        lsn,
+        prev_offset,
+        next_offset,
+        wal_uuid,
+        segment_id,
+        epoch,
+        txn,
+        batch_id,
+        batch_index,
+        batch_count,
+        timestamp_ns,
+        payload_sha,
+        ctx_sha,
+    )
+
+
+def seal_header(prefix: bytes, chain: bytes, payload_crc: int) -> bytes:
+    """The 256 header bytes from the prefix, the chain hash (`chain_next`) and the payload CRC; header CRC last."""
+    body = prefix + _TAIL.pack(chain, _RESERVED28, payload_crc, SENTINEL)
+    return body + _CRC.pack(crc32c.crc32c(body))
+
+
+def encode_header(h: Header) -> bytes:
+    """The 256 header bytes, CRC last. `h.chain` must already be computed with `chain_next`."""
+    prefix = encode_prefix(
+        h.type,
+        h.payload_len,
         h.lsn,
         h.prev_offset,
         h.next_offset,
@@ -113,13 +165,8 @@ def encode_header(h: Header) -> bytes:
         h.timestamp_ns,
         h.payload_sha,
         h.ctx_sha,
-        h.chain,
-        _RESERVED28,
-        h.payload_crc,
-        SENTINEL,
-        0,
     )
-    return body[:252] + struct.pack("<I", crc32c.crc32c(memoryview(body)[:252]))
+    return seal_header(prefix, h.chain, h.payload_crc)
 
 
 def chained_prefix(h: Header) -> bytes:
@@ -127,67 +174,43 @@ def chained_prefix(h: Header) -> bytes:
     return encode_header(h)[:CHAINED]
 
 
+# Positions in the tuple `HEADER_FMT.unpack_from` returns, so the per-record checks index instead of naming all 26.
+(F_MAGIC, F_VERSION, F_ENDIAN, F_TYPE, F_FLAGS, F_HLEN, F_PLEN, F_RES4, F_LSN) = range(9)
+(F_PREV, F_NEXT, F_UUID, F_SEGMENT, F_EPOCH, F_TXN, F_BATCH, F_BIDX, F_BCOUNT) = range(9, 18)
+(F_TS, F_PSHA, F_CSHA, F_CHAIN, F_RES28, F_PCRC, F_SENTINEL, F_HCRC) = range(18, 26)
+
+
+def header_problem(buf: bytes | memoryview, off: int, f: tuple[Any, ...]) -> str:
+    """Why the unpacked header `f` (found at `off` in `buf`) is not a sound header, or "" when it is."""
+    if crc32c.crc32c(buf[off : off + 252]) != f[F_HCRC]:
+        return "header crc mismatch"
+    if (
+        f[F_MAGIC] != MAGIC
+        or f[F_VERSION] != VERSION
+        or f[F_ENDIAN] != ENDIAN_MARK
+        or f[F_HLEN] != HEADER_SIZE
+        or f[F_SENTINEL] != SENTINEL
+    ):
+        return "bad magic/version/endianness/length/sentinel"
+    if f[F_FLAGS] or f[F_RES4] or f[F_RES28] != _RESERVED28:
+        return "non-zero reserved bytes"
+    if f[F_TYPE] not in _TYPES:
+        return f"unknown record type {f[F_TYPE]}"
+    if f[F_BCOUNT] == 0 or f[F_BIDX] >= f[F_BCOUNT]:
+        return "bad batch index/count"
+    return ""
+
+
 def decode_header(buf: bytes | memoryview, off: int = 0) -> Header | str:
     """The header at `off`, or the reason it is not a sound header (the caller classifies, never this)."""
     if off + HEADER_SIZE > len(buf):
         return "header past end of file"
-    (
-        magic,
-        version,
-        endian,
-        rtype,
-        flags,
-        hlen,
-        plen,
-        res4,
-        lsn,
-        prev,
-        nxt,
-        wal_uuid,
-        segment_id,
-        epoch,
-        txn,
-        batch_id,
-        bidx,
-        bcount,
-        ts,
-        psha,
-        csha,
-        chain,
-        res28,
-        pcrc,
-        sentinel,
-        hcrc,
-    ) = _FMT.unpack_from(buf, off)
-    if crc32c.crc32c(memoryview(buf)[off : off + 252]) != hcrc:
-        return "header crc mismatch"
-    if magic != MAGIC or version != VERSION or endian != ENDIAN_MARK or hlen != HEADER_SIZE or sentinel != SENTINEL:
-        return "bad magic/version/endianness/length/sentinel"
-    if flags or res4 or res28 != _RESERVED28:
-        return "non-zero reserved bytes"
-    if rtype not in _TYPES:
-        return f"unknown record type {rtype}"
-    if bcount == 0 or bidx >= bcount:
-        return "bad batch index/count"
-    return Header(
-        rtype,
-        plen,
-        lsn,
-        prev,
-        nxt,
-        wal_uuid,
-        segment_id,
-        epoch,
-        txn,
-        batch_id,
-        bidx,
-        bcount,
-        ts,
-        psha,
-        csha,
-        chain,
-        pcrc,
-    )
+    f = _FMT.unpack_from(buf, off)
+    problem = header_problem(buf, off, f)
+    if problem:
+        return problem
+    # the fields left out are the constants, reserved bytes and header CRC just checked
+    return Header(f[F_TYPE], f[F_PLEN], *f[F_LSN:F_RES28], f[F_PCRC])
 
 
 def header_slot_unwritten(buf: bytes | memoryview, off: int) -> bool:
@@ -201,12 +224,17 @@ def header_slot_unwritten(buf: bytes | memoryview, off: int) -> bool:
     return bytes(buf[off + 248 : off + 256]) == bytes(8)
 
 
+CHAIN_TAG = b"esper-wal-chain\x00"
+LEAF_TAG = b"\x00"
+NODE_TAG = b"\x01"
+
+
 def genesis_chain(wal_uuid: bytes) -> bytes:
     return hashlib.sha256(b"esper-wal-genesis\x00" + wal_uuid).digest()
 
 
 def chain_next(prev_chain: bytes, prefix184: bytes | memoryview) -> bytes:
-    return hashlib.sha256(b"esper-wal-chain\x00" + prev_chain + bytes(prefix184)).digest()
+    return hashlib.sha256(CHAIN_TAG + prev_chain + bytes(prefix184)).digest()
 
 
 def canonical_context(ctx: Mapping[str, str]) -> bytes:
@@ -218,14 +246,15 @@ def context_sha(ctx_json: bytes) -> bytes:
 
 
 def leaf_hash(prefix184: bytes | memoryview) -> bytes:
-    return hashlib.sha256(b"\x00" + bytes(prefix184)).digest()
+    return hashlib.sha256(LEAF_TAG + bytes(prefix184)).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
+    return hashlib.sha256(NODE_TAG + left + right).digest()
 
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+_sha256 = hashlib.sha256
 
 
 @dataclass
@@ -242,13 +271,14 @@ class MerkleFrontier:
             raise ValueError("frontier does not match the tree size")
 
     def append(self, leaf: bytes) -> None:
-        assert self.roots is not None
+        roots = self.roots
+        assert roots is not None
         node = leaf
         n = self.size
         while n & 1:  # each trailing one bit is a perfect subtree of the same height to merge with
-            node = node_hash(self.roots.pop(), node)
+            node = _sha256(NODE_TAG + roots.pop() + node).digest()  # node_hash, inlined: once per record in recovery
             n >>= 1
-        self.roots.append(node)
+        roots.append(node)
         self.size += 1
 
     def root(self) -> bytes:

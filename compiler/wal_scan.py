@@ -14,20 +14,39 @@ import crc32c
 
 from esper.compiler.fsio import ReadBuffer
 from esper.compiler.wal_format import (
+    ALIGN,
+    CHAIN_TAG,
     CHAINED,
+    F_BATCH,
+    F_BCOUNT,
+    F_BIDX,
+    F_CHAIN,
+    F_CSHA,
+    F_EPOCH,
+    F_HCRC,
+    F_LSN,
+    F_NEXT,
+    F_PCRC,
+    F_PLEN,
+    F_PREV,
+    F_PSHA,
+    F_SEGMENT,
+    F_SENTINEL,
+    F_TXN,
+    F_TYPE,
+    F_UUID,
+    HEADER_FMT,
     HEADER_SIZE,
+    LEAF_TAG,
     MAGIC,
     CheckpointBody,
-    Header,
     MerkleFrontier,
     RecordType,
     SegmentBody,
-    chain_next,
     context_root,
     context_sha,
     decode_header,
-    header_slot_unwritten,
-    leaf_hash,
+    header_problem,
     padded,
 )
 
@@ -170,6 +189,7 @@ class RecoveryReport:
 
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
+_ZERO_PADS = [bytes(k) for k in range(ALIGN)]  # what a record's padding of k bytes must equal
 
 
 def _all_zero(buf: ReadBuffer, start: int, end: int) -> bool:
@@ -191,6 +211,22 @@ def _payload_torn(buf: ReadBuffer, start: int, end: int) -> bool:
             return True
         s += SECTOR
     return False
+
+
+def _checkpoint(payload: bytes, lsn: int, ctx_sha: bytes, prev_chain: bytes, st: ScanState) -> CheckpointBody | str:
+    """Check a CHECKPOINT record's body against the log so far; anchors `st.frontier` if this is the first one."""
+    body = CheckpointBody.decode(payload)
+    if body is None or body.tree_size != lsn - 1 or body.chain != prev_chain:
+        return "checkpoint does not match the log"
+    if st.frontier is None:  # the oldest retained segment: its first checkpoint anchors the tree
+        st.frontier = MerkleFrontier(body.tree_size, list(body.frontier))
+    if body.root != st.frontier.root() or body.tree_size != st.frontier.size:
+        return "merkle root mismatch"
+    if body.ctx_root != context_root(body.tree_size, body.root, ctx_sha):
+        return "checkpoint context root mismatch"
+    if context_sha(body.context_json) != ctx_sha:
+        return "checkpoint context does not match its hash"
+    return body
 
 
 @dataclass
@@ -261,107 +297,93 @@ def _scan(
     off, prev_off = 0, 0
     batch_open = False  # inside a batch whose last record has not been seen yet
     batch_id, batch_count, batch_start_off, batch_start_idx, batch_first_lsn = -1, 0, 0, 0, 0
+    # The running state lives in locals while scanning (written back to `st` below): this loop runs once per record,
+    # so it works on the raw unpacked header tuple and bound C functions rather than `Header` objects and helpers.
+    wal_uuid, next_lsn, prev_chain, next_batch_id = st.wal_uuid, st.next_lsn, st.prev_chain, st.next_batch_id
+    frontier = st.frontier
+    unpack, crc, sha256, append = HEADER_FMT.unpack_from, crc32c.crc32c, hashlib.sha256, records.append
+    bad: _Bad
 
     while True:
-        # ---- check the record at `off`
-        bad: _Bad | None = None
-        h: Header | None = None
-        if off >= n or header_slot_unwritten(mv, off):
+        # ---- check the record at `off`: every check of WAL-FORMAT.md "Recovery classification", in order
+        if off + HEADER_SIZE > n:  # header_slot_unwritten: past EOF
             bad = _Bad("unwritten", "unwritten header slot" if off < n else "end of file")
-        else:
-            dh = decode_header(mv, off)
-            if isinstance(dh, str):
-                bad = _Bad("bad", dh)
-            else:
-                h = dh
-                reason = ""
-                if h.wal_uuid != st.wal_uuid:
-                    reason = "foreign record (another WAL's uuid)"
-                elif h.segment_id != segment_id or h.epoch != seg_epoch or h.ctx_sha != seg_ctx:
-                    reason = "record of another segment, epoch or context"
-                elif h.lsn != st.next_lsn:
-                    reason = f"LSN gap: expected {st.next_lsn}, found {h.lsn}"
-                elif h.offset != off or h.prev_offset != prev_off:
-                    reason = "record offsets do not match its position"
-                elif (h.batch_index == 0 and (batch_open or h.batch_id != st.next_batch_id)) or (
-                    h.batch_index > 0 and (not batch_open or h.batch_id != batch_id or h.batch_count != batch_count)
-                ):
-                    reason = "batch sequence broken"
-                elif h.chain != chain_next(st.prev_chain, mv[off : off + CHAINED]):
-                    reason = "hash chain broken"
-                elif off == 0 and h.type != RecordType.SEGMENT:
-                    reason = "first record is not SEGMENT"
-                elif off != 0 and h.type == RecordType.SEGMENT:
-                    reason = "SEGMENT record inside a segment"
-                if reason:
-                    bad = _Bad("bad", reason)
-                else:
-                    pstart, pend = off + HEADER_SIZE, off + HEADER_SIZE + h.payload_len
-                    payload = mv[pstart:pend]
-                    if pend > n or crc32c.crc32c(payload) != h.payload_crc:
-                        torn = _payload_torn(buf, pstart, pend)
-                        bad = _Bad("torn_payload" if torn else "bad", "payload crc mismatch")
-                    elif not _all_zero(buf, pend, min(n, off + HEADER_SIZE + padded(h.payload_len))):
-                        bad = _Bad("bad", "non-zero padding (stale bytes)")
-                    elif verify_sha and hashlib.sha256(payload).digest() != h.payload_sha:
-                        bad = _Bad("bad", "payload sha-256 mismatch")
-        if bad is not None:
+            break
+        f = unpack(buf, off)
+        if f[F_SENTINEL] == 0 and f[F_HCRC] == 0:  # header_slot_unwritten: header[248:256] is all zero
+            bad = _Bad("unwritten", "unwritten header slot")
+            break
+        problem = header_problem(buf, off, f)  # header CRC, constants, reserved bytes, type, batch index/count
+        if problem:
+            bad = _Bad("bad", problem)
+            break
+        rtype, plen, lsn, nxt = f[F_TYPE], f[F_PLEN], f[F_LSN], f[F_NEXT]
+        bid, bidx, bcount, chain = f[F_BATCH], f[F_BIDX], f[F_BCOUNT], f[F_CHAIN]
+        prefix = buf[off : off + CHAINED]  # bytes: hashed twice below (chain, Merkle leaf)
+        if f[F_UUID] != wal_uuid:
+            problem = "foreign record (another WAL's uuid)"
+        elif f[F_SEGMENT] != segment_id or f[F_EPOCH] != seg_epoch or f[F_CSHA] != seg_ctx:
+            problem = "record of another segment, epoch or context"
+        elif lsn != next_lsn:
+            problem = f"LSN gap: expected {next_lsn}, found {lsn}"
+        elif nxt != off + HEADER_SIZE + padded(plen) or f[F_PREV] != prev_off:  # i.e. Header.offset == off
+            problem = "record offsets do not match its position"
+        elif (bidx == 0 and (batch_open or bid != next_batch_id)) or (
+            bidx > 0 and (not batch_open or bid != batch_id or bcount != batch_count)
+        ):
+            problem = "batch sequence broken"
+        elif chain != sha256(CHAIN_TAG + prev_chain + prefix).digest():  # chain_next, inlined
+            problem = "hash chain broken"
+        elif off == 0 and rtype != RecordType.SEGMENT:
+            problem = "first record is not SEGMENT"
+        elif off != 0 and rtype == RecordType.SEGMENT:
+            problem = "SEGMENT record inside a segment"
+        if problem:
+            bad = _Bad("bad", problem)
+            break
+        pstart = off + HEADER_SIZE
+        pend = pstart + plen
+        if pend > n or crc(mv[pstart:pend]) != f[F_PCRC]:
+            bad = _Bad("torn_payload" if _payload_torn(buf, pstart, pend) else "bad", "payload crc mismatch")
+            break
+        pad_end = min(n, nxt)  # nxt is the padded end (checked above); padding is under ALIGN bytes
+        if pad_end > pend and buf[pend:pad_end] != _ZERO_PADS[pad_end - pend]:
+            bad = _Bad("bad", "non-zero padding (stale bytes)")
+            break
+        if verify_sha and sha256(mv[pstart:pend]).digest() != f[F_PSHA]:
+            bad = _Bad("bad", "payload sha-256 mismatch")
             break
 
         # ---- accept it
-        assert h is not None
-        if h.batch_index == 0:
-            batch_open, batch_id, batch_count = True, h.batch_id, h.batch_count
-            batch_start_off, batch_start_idx, batch_first_lsn = off, len(records), h.lsn
-        if h.type == RecordType.CHECKPOINT:
-            body = CheckpointBody.decode(bytes(mv[off + HEADER_SIZE : off + HEADER_SIZE + h.payload_len]))
-            problem = ""
-            if body is None or body.tree_size != h.lsn - 1 or body.chain != st.prev_chain:
-                problem = "checkpoint does not match the log"
-            else:
-                if st.frontier is None:  # the oldest retained segment: its first checkpoint anchors the tree
-                    st.frontier = MerkleFrontier(body.tree_size, list(body.frontier))
-                if body.root != st.frontier.root() or body.tree_size != st.frontier.size:
-                    problem = "merkle root mismatch"
-                elif body.ctx_root != context_root(body.tree_size, body.root, h.ctx_sha):
-                    problem = "checkpoint context root mismatch"
-                elif context_sha(body.context_json) != h.ctx_sha:
-                    problem = "checkpoint context does not match its hash"
-            if problem:
-                bad = _Bad("bad", problem)
+        if bidx == 0:
+            batch_open, batch_id, batch_count = True, bid, bcount
+            batch_start_off, batch_start_idx, batch_first_lsn = off, len(records), lsn
+        if rtype == RecordType.CHECKPOINT:
+            body = _checkpoint(bytes(mv[pstart:pend]), lsn, seg_ctx, prev_chain, st)
+            if isinstance(body, str):
+                bad = _Bad("bad", body)
                 break
-            assert body is not None
+            frontier = st.frontier  # anchored by the first checkpoint of the oldest retained segment
             checkpoints.append(
-                CheckpointInfo(h.lsn, segment_id, body.tree_size, body.root.hex(), body.ctx_root.hex(), body.context())
+                CheckpointInfo(lsn, segment_id, body.tree_size, body.root.hex(), body.ctx_root.hex(), body.context())
             )
-        elif off != 0 and len(records) == 0:
+        elif off != 0 and not records:
             bad = _Bad("bad", "second record is not CHECKPOINT")
             break
-        if st.frontier is not None:
-            st.frontier.append(leaf_hash(mv[off : off + CHAINED]))
+        if frontier is not None:
+            frontier.append(sha256(LEAF_TAG + prefix).digest())  # leaf_hash, inlined
         if off != 0:  # the SEGMENT record is bookkeeping, not a record a caller replays
-            records.append(
-                ScannedRecord(
-                    h.lsn,
-                    h.type,
-                    bytes(h.txn),
-                    segment_id,
-                    off,
-                    h.payload_len,
-                    h.batch_id,
-                    h.epoch,
-                    bytes(mv[off + HEADER_SIZE : off + HEADER_SIZE + h.payload_len]) if keep else None,
-                )
-            )
-        st.prev_chain = h.chain
-        st.next_lsn = h.lsn + 1
-        if h.batch_index == h.batch_count - 1:
+            payload = bytes(mv[pstart:pend]) if keep else None
+            append(ScannedRecord(lsn, rtype, f[F_TXN], segment_id, off, plen, bid, seg_epoch, payload))
+        prev_chain = chain
+        next_lsn = lsn + 1
+        if bidx == bcount - 1:
             batch_open = False
-            st.next_batch_id = h.batch_id + 1
-        prev_off, off = off, h.next_offset
+            next_batch_id = bid + 1
+        prev_off, off = off, nxt
+    st.next_lsn, st.prev_chain, st.next_batch_id = next_lsn, prev_chain, next_batch_id
 
     # ---- classify the first damage at `off`
-    assert bad is not None
     end = off
     if not records:  # SEGMENT + CHECKPOINT were synced before the rename: damage there is never a torn write
         return stop(off, "corruption", f"segment head damaged: {bad.reason}", anchor, end)
