@@ -15,6 +15,8 @@ from typing import Any
 
 import crc32c
 
+from esper.compiler.fsio import ReadBuffer
+
 __all__ = [
     "HEADER_SIZE",
     "MAGIC",
@@ -180,7 +182,7 @@ def chained_prefix(h: Header) -> bytes:
 (F_TS, F_PSHA, F_CSHA, F_CHAIN, F_RES28, F_PCRC, F_SENTINEL, F_HCRC) = range(18, 26)
 
 
-def header_problem(buf: bytes | memoryview, off: int, f: tuple[Any, ...]) -> str:
+def header_problem(buf: ReadBuffer | memoryview, off: int, f: tuple[Any, ...]) -> str:
     """Why the unpacked header `f` (found at `off` in `buf`) is not a sound header, or "" when it is."""
     if crc32c.crc32c(buf[off : off + 252]) != f[F_HCRC]:
         return "header crc mismatch"
@@ -210,7 +212,25 @@ def decode_header(buf: bytes | memoryview, off: int = 0) -> Header | str:
     if problem:
         return problem
     # the fields left out are the constants, reserved bytes and header CRC just checked
-    return Header(f[F_TYPE], f[F_PLEN], *f[F_LSN:F_RES28], f[F_PCRC])
+    return Header(
+        f[F_TYPE],
+        f[F_PLEN],
+        f[F_LSN],
+        f[F_PREV],
+        f[F_NEXT],
+        f[F_UUID],
+        f[F_SEGMENT],
+        f[F_EPOCH],
+        f[F_TXN],
+        f[F_BATCH],
+        f[F_BIDX],
+        f[F_BCOUNT],
+        f[F_TS],
+        f[F_PSHA],
+        f[F_CSHA],
+        f[F_CHAIN],
+        f[F_PCRC],
+    )
 
 
 def header_slot_unwritten(buf: bytes | memoryview, off: int) -> bool:

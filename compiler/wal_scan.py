@@ -17,24 +17,8 @@ from esper.compiler.wal_format import (
     ALIGN,
     CHAIN_TAG,
     CHAINED,
-    F_BATCH,
-    F_BCOUNT,
-    F_BIDX,
-    F_CHAIN,
-    F_CSHA,
-    F_EPOCH,
     F_HCRC,
-    F_LSN,
-    F_NEXT,
-    F_PCRC,
-    F_PLEN,
-    F_PREV,
-    F_PSHA,
-    F_SEGMENT,
     F_SENTINEL,
-    F_TXN,
-    F_TYPE,
-    F_UUID,
     HEADER_FMT,
     HEADER_SIZE,
     LEAF_TAG,
@@ -47,7 +31,6 @@ from esper.compiler.wal_format import (
     context_sha,
     decode_header,
     header_problem,
-    padded,
 )
 
 __all__ = ["CheckpointInfo", "Finding", "RecoveryReport", "ScanState", "ScannedRecord", "SegmentScan", "scan_segment"]
@@ -190,6 +173,7 @@ class RecoveryReport:
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
 _ZERO_PADS = [bytes(k) for k in range(ALIGN)]  # what a record's padding of k bytes must equal
+_SEGMENT, _CHECKPOINT = int(RecordType.SEGMENT), int(RecordType.CHECKPOINT)  # plain ints: no enum lookups per record
 
 
 def _all_zero(buf: ReadBuffer, start: int, end: int) -> bool:
@@ -317,16 +301,16 @@ def _scan(
         if problem:
             bad = _Bad("bad", problem)
             break
-        rtype, plen, lsn, nxt = f[F_TYPE], f[F_PLEN], f[F_LSN], f[F_NEXT]
-        bid, bidx, bcount, chain = f[F_BATCH], f[F_BIDX], f[F_BCOUNT], f[F_CHAIN]
+        (_, _, _, rtype, _, _, plen, _, lsn, prev, nxt, wuuid, sid, epoch, txn, bid, bidx, bcount, _, psha, csha, chain,
+         _, pcrc, _, _) = f  # fmt: skip
         prefix = buf[off : off + CHAINED]  # bytes: hashed twice below (chain, Merkle leaf)
-        if f[F_UUID] != wal_uuid:
+        if wuuid != wal_uuid:
             problem = "foreign record (another WAL's uuid)"
-        elif f[F_SEGMENT] != segment_id or f[F_EPOCH] != seg_epoch or f[F_CSHA] != seg_ctx:
+        elif sid != segment_id or epoch != seg_epoch or csha != seg_ctx:
             problem = "record of another segment, epoch or context"
         elif lsn != next_lsn:
             problem = f"LSN gap: expected {next_lsn}, found {lsn}"
-        elif nxt != off + HEADER_SIZE + padded(plen) or f[F_PREV] != prev_off:  # i.e. Header.offset == off
+        elif nxt != off + HEADER_SIZE + (plen + ALIGN - 1) // ALIGN * ALIGN or prev != prev_off:  # Header.offset
             problem = "record offsets do not match its position"
         elif (bidx == 0 and (batch_open or bid != next_batch_id)) or (
             bidx > 0 and (not batch_open or bid != batch_id or bcount != batch_count)
@@ -334,23 +318,23 @@ def _scan(
             problem = "batch sequence broken"
         elif chain != sha256(CHAIN_TAG + prev_chain + prefix).digest():  # chain_next, inlined
             problem = "hash chain broken"
-        elif off == 0 and rtype != RecordType.SEGMENT:
+        elif off == 0 and rtype != _SEGMENT:
             problem = "first record is not SEGMENT"
-        elif off != 0 and rtype == RecordType.SEGMENT:
+        elif off != 0 and rtype == _SEGMENT:
             problem = "SEGMENT record inside a segment"
         if problem:
             bad = _Bad("bad", problem)
             break
         pstart = off + HEADER_SIZE
         pend = pstart + plen
-        if pend > n or crc(mv[pstart:pend]) != f[F_PCRC]:
+        if pend > n or crc(mv[pstart:pend]) != pcrc:
             bad = _Bad("torn_payload" if _payload_torn(buf, pstart, pend) else "bad", "payload crc mismatch")
             break
-        pad_end = min(n, nxt)  # nxt is the padded end (checked above); padding is under ALIGN bytes
+        pad_end = nxt if nxt <= n else n  # nxt is the padded end (checked above); padding is under ALIGN bytes
         if pad_end > pend and buf[pend:pad_end] != _ZERO_PADS[pad_end - pend]:
             bad = _Bad("bad", "non-zero padding (stale bytes)")
             break
-        if verify_sha and sha256(mv[pstart:pend]).digest() != f[F_PSHA]:
+        if verify_sha and sha256(mv[pstart:pend]).digest() != psha:
             bad = _Bad("bad", "payload sha-256 mismatch")
             break
 
@@ -358,7 +342,7 @@ def _scan(
         if bidx == 0:
             batch_open, batch_id, batch_count = True, bid, bcount
             batch_start_off, batch_start_idx, batch_first_lsn = off, len(records), lsn
-        if rtype == RecordType.CHECKPOINT:
+        if rtype == _CHECKPOINT:
             body = _checkpoint(bytes(mv[pstart:pend]), lsn, seg_ctx, prev_chain, st)
             if isinstance(body, str):
                 bad = _Bad("bad", body)
@@ -374,7 +358,7 @@ def _scan(
             frontier.append(sha256(LEAF_TAG + prefix).digest())  # leaf_hash, inlined
         if off != 0:  # the SEGMENT record is bookkeeping, not a record a caller replays
             payload = bytes(mv[pstart:pend]) if keep else None
-            append(ScannedRecord(lsn, rtype, f[F_TXN], segment_id, off, plen, bid, seg_epoch, payload))
+            append(ScannedRecord(lsn, rtype, txn, segment_id, off, plen, bid, epoch, payload))
         prev_chain = chain
         next_lsn = lsn + 1
         if bidx == bcount - 1:
