@@ -13,7 +13,6 @@ Usage::
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import threading
@@ -27,22 +26,22 @@ import crc32c
 from esper.compiler.exceptions import WalClosedError, WalCorruptionError, WalFatalError, WalIOError
 from esper.compiler.fsio import FileSystem, OsFs
 from esper.compiler.wal_format import (
-    CHAINED,
+    ALIGN,
+    CHAIN_TAG,
     HEADER_SIZE,
-    ZERO32,
+    LEAF_TAG,
+    ZERO_PADS,
     CheckpointBody,
-    Header,
     MerkleFrontier,
     RecordType,
     SegmentBody,
     canonical_context,
-    chain_next,
     context_root,
     context_sha,
-    encode_header,
+    encode_prefix,
     genesis_chain,
-    leaf_hash,
     padded,
+    seal_header,
 )
 from esper.compiler.wal_scan import RecoveryReport, ScannedRecord, ScanState, scan_segment
 
@@ -166,6 +165,7 @@ def recover(
 @dataclass
 class _Request:
     entries: Sequence[Entry]
+    nbytes: int = 0  # on-disk size of the entries, computed by the appender before it queues (not by the leader)
     lsns: list[int] = field(default_factory=list)
     error: BaseException | None = None
     done: bool = False
@@ -261,7 +261,7 @@ class Wal:
         """Append entries atomically (same group-commit batch: all or none survive a crash); LSNs once durable."""
         if not entries:
             return []
-        req = _Request(entries)
+        req = _Request(entries, sum(HEADER_SIZE + padded(len(e.payload)) for e in entries))
         with self._cv:
             self._check_usable()
             self._queue.append(req)
@@ -387,7 +387,7 @@ class Wal:
             count = nbytes = 0
             while self._queue:
                 r = self._queue[0]
-                size = sum(HEADER_SIZE + padded(len(e.payload)) for e in r.entries)
+                size = r.nbytes
                 if reqs and (
                     count + len(r.entries) > self.config.max_batch_records
                     or nbytes + size > self.config.max_batch_bytes
@@ -414,7 +414,7 @@ class Wal:
             if self._fatal is not None:
                 raise WalFatalError(f"WAL failed earlier ({self._fatal})")
             cp = with_checkpoint or self._since_checkpoint + len(entries) >= self.config.checkpoint_every
-            need = sum(HEADER_SIZE + padded(len(e.payload)) for e in entries)
+            need = sum(r.nbytes for r in reqs)  # the entries are exactly those of `reqs`
             need += HEADER_SIZE + padded(self._checkpoint_payload_size()) if cp else 0
             if self._seg_off + need > self._seg_size:
                 self._roll(need)
@@ -451,38 +451,42 @@ class Wal:
 
     # ------------------------------------------------------------------ records
 
-    def _record(self, rtype: int, txn: bytes, payload: bytes, bidx: int, bcount: int, ts: int) -> bytes:
-        """One encoded record at the current position; advances LSN, chain, Merkle frontier and offsets."""
-        plen = len(payload)
-        h = Header(
-            rtype,
-            plen,
-            self._next_lsn,
-            self._prev_off,
-            self._seg_off + HEADER_SIZE + padded(plen),
+    def _encode_records(
+        self, items: Sequence[tuple[int, bytes, bytes]], first_index: int, count: int, ts: int, out: list[bytes]
+    ) -> list[int]:
+        """Encode (type, txn, payload) records as batch members `first_index`.. of `count` at the current position.
+
+        Appends header, payload and zero padding of each to `out`; advances LSN, chain, Merkle frontier and offsets;
+        returns the LSNs. The state lives in locals through the loop (written back below): this is the writer's
+        per-record cost, so each header is packed once and the hashes are inlined (`chain_next`, `leaf_hash`).
+        """
+        lsn, chain, prev_off, off = self._next_lsn, self._chain, self._prev_off, self._seg_off
+        wal_uuid, seg_id, epoch, batch_id, ctx_sha = (
             self._uuid,
             self._seg_id,
             self._epoch,
-            txn,
             self._batch_id,
-            bidx,
-            bcount,
-            ts,
-            hashlib.sha256(payload).digest(),
             self._ctx_sha,
-            ZERO32,
-            crc32c.crc32c(payload),
         )
-        prefix = encode_header(h)[:CHAINED]
-        chain = chain_next(self._chain, prefix)
-        raw = encode_header(dataclasses.replace(h, chain=chain))
-        self._chain = chain
-        self._frontier.append(leaf_hash(prefix))
-        self._next_lsn += 1
-        self._prev_off = self._seg_off
-        self._seg_off += HEADER_SIZE + padded(plen)
-        self._since_checkpoint += 1
-        return raw + payload + bytes(padded(plen) - plen)
+        sha256, crc, add_leaf = hashlib.sha256, crc32c.crc32c, self._frontier.append
+        lsns: list[int] = []
+        for bidx, (rtype, txn, payload) in enumerate(items, first_index):
+            plen = len(payload)
+            pad = -plen % ALIGN
+            nxt = off + HEADER_SIZE + plen + pad
+            psha = sha256(payload).digest()
+            prefix = encode_prefix(
+                rtype, plen, lsn, prev_off, nxt, wal_uuid, seg_id, epoch, txn, batch_id, bidx, count, ts, psha, ctx_sha
+            )
+            chain = sha256(CHAIN_TAG + chain + prefix).digest()
+            out += (seal_header(prefix, chain, crc(payload)), payload, ZERO_PADS[pad])
+            add_leaf(sha256(LEAF_TAG + prefix).digest())
+            lsns.append(lsn)
+            lsn += 1
+            prev_off, off = off, nxt
+        self._next_lsn, self._chain, self._prev_off, self._seg_off = lsn, chain, prev_off, off
+        self._since_checkpoint += len(lsns)
+        return lsns
 
     def _checkpoint_payload_size(self) -> int:
         return 104 + 32 * (bin(self._next_lsn - 1).count("1")) + 4 + len(self._ctx_json)
@@ -507,13 +511,10 @@ class Wal:
         ts = time.time_ns()
         start = self._seg_off
         parts: list[bytes] = []
-        lsns: list[int] = []
-        for i, e in enumerate(entries):
-            lsns.append(self._next_lsn)
-            parts.append(self._record(int(e.type), e.txn, e.payload, i, count, ts))
+        lsns = self._encode_records([(e.type, e.txn, e.payload) for e in entries], 0, count, ts, parts)
         if with_checkpoint:
-            parts.append(
-                self._record(RecordType.CHECKPOINT, bytes(16), self._checkpoint_payload(), count - 1, count, ts)
+            self._encode_records(
+                [(RecordType.CHECKPOINT, bytes(16), self._checkpoint_payload())], count - 1, count, ts, parts
             )
             self._since_checkpoint = 0
         self._batch_id += 1
@@ -533,8 +534,10 @@ class Wal:
         self.fs.fallocate(fd, 0, size)
         ts = time.time_ns()
         seg_body = SegmentBody(self._chain, self._next_lsn, size).encode()
-        head = self._record(RecordType.SEGMENT, bytes(16), seg_body, 0, 2, ts)
-        head += self._record(RecordType.CHECKPOINT, bytes(16), self._checkpoint_payload(), 1, 2, ts)
+        parts: list[bytes] = []
+        self._encode_records([(RecordType.SEGMENT, bytes(16), seg_body)], 0, 2, ts, parts)
+        self._encode_records([(RecordType.CHECKPOINT, bytes(16), self._checkpoint_payload())], 1, 2, ts, parts)
+        head = b"".join(parts)
         self._since_checkpoint = 0
         self._batch_id += 1
         n = self.fs.pwrite(fd, head, 0)

@@ -61,6 +61,9 @@ class RecordType(enum.IntEnum):
 _TYPES = frozenset(int(t) for t in RecordType)
 
 
+ZERO_PADS = [bytes(k) for k in range(ALIGN)]  # the zero padding of k bytes, shared rather than built per record
+
+
 def padded(n: int) -> int:
     """Payload length rounded up to the record alignment."""
     return (n + ALIGN - 1) // ALIGN * ALIGN

@@ -23,6 +23,7 @@ from esper.compiler.wal_format import (
     HEADER_SIZE,
     LEAF_TAG,
     MAGIC,
+    ZERO_PADS,
     CheckpointBody,
     MerkleFrontier,
     RecordType,
@@ -172,7 +173,6 @@ class RecoveryReport:
 
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
-_ZERO_PADS = [bytes(k) for k in range(ALIGN)]  # what a record's padding of k bytes must equal
 _SEGMENT, _CHECKPOINT = int(RecordType.SEGMENT), int(RecordType.CHECKPOINT)  # plain ints: no enum lookups per record
 
 
@@ -331,7 +331,7 @@ def _scan(
             bad = _Bad("torn_payload" if _payload_torn(buf, pstart, pend) else "bad", "payload crc mismatch")
             break
         pad_end = nxt if nxt <= n else n  # nxt is the padded end (checked above); padding is under ALIGN bytes
-        if pad_end > pend and buf[pend:pad_end] != _ZERO_PADS[pad_end - pend]:
+        if pad_end > pend and buf[pend:pad_end] != ZERO_PADS[pad_end - pend]:
             bad = _Bad("bad", "non-zero padding (stale bytes)")
             break
         if verify_sha and sha256(mv[pstart:pend]).digest() != psha:
