@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import functools
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -143,34 +144,45 @@ class WindowSnapshot:
 
 
 class CountWindow:
-    """The outcomes of the last `size` calls, as a ring with running totals (O(1) per call)."""
+    """The outcomes of the last `size` calls. Only failed or slow calls are stored, with their call number, and they
+    leave lazily once `size` newer calls were recorded: a fast success is just `seen += 1` (the common case, which
+    the core's fast path does inline), and totals are kept running, so every operation is amortised O(1)."""
 
     def __init__(self, size: int) -> None:
-        self._ring = [0] * size  # bit 0 failed, bit 1 slow; only the first `_filled` entries hold calls
-        self._next = 0
-        self._filled = 0
+        self.size = size
+        self.seen = 0  # calls recorded since the last reset; the window is the last min(seen, size) of them
+        self._marked: deque[tuple[int, bool, bool]] = deque()  # (call number, failed, slow), oldest first
         self._failures = 0
         self._slow = 0
 
     def record(self, now_ms: float, failed: bool, slow: bool) -> None:
         del now_ms
-        if self._filled == len(self._ring):
-            old = self._ring[self._next]
-            self._failures -= old & 1
-            self._slow -= (old >> 1) & 1
+        if failed or slow:
+            self._marked.append((self.seen, failed, slow))
+            self._failures += failed
+            self._slow += slow
+            self.seen += 1
+            self._evict()  # here, not per success: bounds `_marked` to `size` entries
         else:
-            self._filled += 1
-        self._ring[self._next] = int(failed) | (int(slow) << 1)
-        self._failures += int(failed)
-        self._slow += int(slow)
-        self._next = (self._next + 1) % len(self._ring)
+            self.seen += 1
+
+    def _evict(self) -> None:
+        first = self.seen - self.size  # the oldest call number still in the window
+        marked = self._marked
+        while marked and marked[0][0] < first:
+            _, failed, slow = marked.popleft()
+            self._failures -= failed
+            self._slow -= slow
 
     def snapshot(self, now_ms: float) -> WindowSnapshot:
         del now_ms
-        return WindowSnapshot(self._filled, self._failures, self._slow)
+        self._evict()
+        return WindowSnapshot(min(self.seen, self.size), self._failures, self._slow)
 
     def reset(self) -> None:
-        self.__init__(len(self._ring))  # type: ignore[misc]
+        self.seen = 0
+        self._marked.clear()
+        self._failures = self._slow = 0
 
 
 class TimeWindow:
@@ -220,37 +232,38 @@ class Transition:
     at_ms: float
 
 
-@dataclass
-class _Totals:
-    calls: int = 0
-    successes: int = 0
-    failures: int = 0
-    rejected: int = 0
-    transitions: int = 0
-    last_failure_ms: float = 0.0
-
-
 class BreakerCore:
     """The breaker's state machine: deterministic given (state, outcome, now); the shell serialises access.
 
     A permit is an epoch number: outcomes of calls admitted under an earlier state (a slow call admitted while
     CLOSED that returns during HALF_OPEN) update the totals but never count as a probe or move the state.
+    `closed_epoch` is the epoch while CLOSED and None otherwise: one attribute, so the shell can admit CLOSED calls
+    by reading it without the lock. `epoch` starts where a replaced core's left off (see `CircuitBreaker.reset`).
     """
 
-    def __init__(self, config: CircuitBreakerConfig) -> None:
+    def __init__(self, config: CircuitBreakerConfig, epoch: int = 0) -> None:
         self.config = config
         self.window: CountWindow | TimeWindow = (
             CountWindow(config.window_size)
             if config.window_type is WindowType.COUNT
             else TimeWindow(config.window_size)
         )
+        # For the fast path in on_success (the config is frozen, so these never go stale).
+        self._count_window = self.window if isinstance(self.window, CountWindow) else None
+        self._slow_ms = config.slow_call_duration_ms
         self.state = CircuitState.CLOSED
-        self.epoch = 0
+        self.epoch = epoch
+        self.closed_epoch: int | None = epoch
         self.opened_at_ms = 0.0
         self.consecutive_failures = 0
         self.half_open_permits = 0
         self.half_open_successes = 0
-        self.totals = _Totals()
+        # Totals since creation; calls = successes + failures (rejected and ignored calls are neither).
+        self.successes = 0
+        self.failures = 0
+        self.rejected = 0
+        self.transitions = 0
+        self.last_failure_ms = 0.0
 
     # -- permissions ---------------------------------------------------------------------------------------
 
@@ -269,7 +282,7 @@ class BreakerCore:
                 return self.epoch, transition
         elif state in (CircuitState.CLOSED, CircuitState.METRICS_ONLY, CircuitState.DISABLED):
             return self.epoch, transition
-        self.totals.rejected += 1
+        self.rejected += 1
         return None, transition
 
     def release(self, epoch: int) -> None:
@@ -280,11 +293,18 @@ class BreakerCore:
     # -- outcomes ------------------------------------------------------------------------------------------
 
     def on_success(self, epoch: int, now_ms: float, duration_ms: float) -> Transition | None:
+        # Fast path, nearly every call: a fast success admitted in the current CLOSED epoch, with a count window,
+        # cannot change the state; it only counts. Same effect as the general path below, in fewer steps.
+        window = self._count_window
+        if epoch == self.closed_epoch and window is not None and duration_ms < self._slow_ms:
+            self.successes += 1
+            self.consecutive_failures = 0
+            window.seen += 1  # = window.record(now_ms, False, False)
+            return None
         if self.state is CircuitState.DISABLED:
             return None
-        slow = duration_ms >= self.config.slow_call_duration_ms
-        self.totals.calls += 1
-        self.totals.successes += 1
+        slow = duration_ms >= self._slow_ms
+        self.successes += 1
         self.window.record(now_ms, False, slow)
         if epoch != self.epoch:
             return None
@@ -302,10 +322,9 @@ class BreakerCore:
     def on_failure(self, epoch: int, now_ms: float, duration_ms: float) -> Transition | None:
         if self.state is CircuitState.DISABLED:
             return None
-        slow = duration_ms >= self.config.slow_call_duration_ms
-        self.totals.calls += 1
-        self.totals.failures += 1
-        self.totals.last_failure_ms = now_ms
+        slow = duration_ms >= self._slow_ms
+        self.failures += 1
+        self.last_failure_ms = now_ms
         self.window.record(now_ms, True, slow)
         if epoch != self.epoch:
             return None
@@ -345,7 +364,8 @@ class BreakerCore:
         transition = Transition(self.state, to_state, reason, now_ms)
         self.state = to_state
         self.epoch += 1
-        self.totals.transitions += 1
+        self.closed_epoch = self.epoch if to_state is CircuitState.CLOSED else None
+        self.transitions += 1
         self.half_open_successes = 0
         self.half_open_permits = self.config.success_threshold if to_state is CircuitState.HALF_OPEN else 0
         if to_state is CircuitState.OPEN:
@@ -356,20 +376,20 @@ class BreakerCore:
         return transition
 
     def stats(self, name: str, now_ms: float) -> pb.BreakerStats:
-        t = self.totals
         snap = self.window.snapshot(now_ms)
+        calls = self.successes + self.failures
         return pb.BreakerStats(
             name=name,
             state=int(self.state),  # type: ignore[arg-type]
-            total_calls=t.calls,
-            total_successes=t.successes,
-            total_failures=t.failures,
+            total_calls=calls,
+            total_successes=self.successes,
+            total_failures=self.failures,
             current_failure_count=self.consecutive_failures,
             current_success_count=self.half_open_successes,
-            success_rate=t.successes / t.calls if t.calls else 0.0,
-            state_transition_count=t.transitions,
-            last_failure_time_ms=int(t.last_failure_ms),
-            total_rejected=t.rejected,
+            success_rate=self.successes / calls if calls else 0.0,
+            state_transition_count=self.transitions,
+            last_failure_time_ms=int(self.last_failure_ms),
+            total_rejected=self.rejected,
             failure_rate=snap.failure_rate,
             slow_call_rate=snap.slow_call_rate,
         )
@@ -399,13 +419,22 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._listeners: list[TransitionListener] = []
         self._timed = self.config.slow_call_rate_threshold is not None
+        # The default clock is read as time.monotonic_ns() / 1e6 inline on the call path (the same value as
+        # monotonic_ms, minus a Python frame); any other clock (a test's ManualClock) is called as given.
+        self._monotonic_ns = time.monotonic_ns if clock is monotonic_ms else None
 
     # -- calling -------------------------------------------------------------------------------------------
 
     def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run fn through the breaker; re-raise its exception after recording it; CallNotPermittedError if rejected."""
-        start = self._clock()
-        epoch = self._acquire(start)
+        ns = self._monotonic_ns
+        start = ns() / 1_000_000 if ns is not None else self._clock()
+        # While CLOSED, admission needs no lock: `closed_epoch` is one attribute, rewritten under the lock by every
+        # transition, so this read sees the state before or after any transition; a call that read the old epoch
+        # was admitted just before it, which the epoch check on its outcome already handles.
+        epoch = self._core.closed_epoch
+        if epoch is None:
+            epoch = self._acquire(start)
         try:
             result = fn(*args, **kwargs)
         except BaseException as e:
@@ -416,8 +445,11 @@ class CircuitBreaker:
 
     async def call_async(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """The asyncio form of `call`: awaits fn without holding the breaker's lock."""
-        start = self._clock()
-        epoch = self._acquire(start)
+        ns = self._monotonic_ns
+        start = ns() / 1_000_000 if ns is not None else self._clock()
+        epoch = self._core.closed_epoch  # lock-free while CLOSED, as in `call`
+        if epoch is None:
+            epoch = self._acquire(start)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as e:
@@ -447,9 +479,13 @@ class CircuitBreaker:
 
     def _record_success(self, epoch: int, start: float) -> None:
         # Without a slow-call rule the call's duration decides nothing: skip the second clock read.
-        now = self._clock() if self._timed else start
-        with self._lock:
-            transition = self._core.on_success(epoch, now, now - start)
+        if self._timed:
+            now = self._clock()
+            with self._lock:
+                transition = self._core.on_success(epoch, now, now - start)
+        else:
+            with self._lock:
+                transition = self._core.on_success(epoch, start, 0.0)
         if transition is not None:
             self._publish_transition(transition)
 
@@ -508,8 +544,11 @@ class CircuitBreaker:
         """Back to a fresh CLOSED breaker with empty metrics (a transition event when the state changes)."""
         now = self._clock()
         with self._lock:
-            old = self._core.state
-            self._core = BreakerCore(self.config)
+            old_core = self._core
+            # Epochs go on from the old core's, so outcomes of calls admitted before the reset cannot count as
+            # this core's (they are recorded in its totals, as any late outcome is, but decide nothing).
+            self._core = BreakerCore(self.config, epoch=old_core.epoch + 1)
+            old = old_core.state
         if old is not CircuitState.CLOSED:
             self._publish_transition(Transition(old, CircuitState.CLOSED, "reset", now))
 
