@@ -343,7 +343,7 @@ def _scan(
             batch_open, batch_id, batch_count = True, bid, bcount
             batch_start_off, batch_start_idx, batch_first_lsn = off, len(records), lsn
         if rtype == _CHECKPOINT:
-            body = _checkpoint(bytes(mv[pstart:pend]), lsn, seg_ctx, prev_chain, st)
+            body = _checkpoint(bytes(mv[pstart:pend]), lsn, csha, prev_chain, st)
             if isinstance(body, str):
                 bad = _Bad("bad", body)
                 break
