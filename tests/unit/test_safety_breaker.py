@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import time
+from collections import deque
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -11,10 +15,12 @@ from hypothesis import strategies as st
 
 from esper.proto import leyline_pb2 as pb
 from esper.safety.breaker import (
+    BreakerCore,
     BreakerRegistry,
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitState,
+    CountWindow,
     WindowType,
     safe_assert,
 )
@@ -382,3 +388,252 @@ def test_breaker_matches_reference_model(ft: int, st_: int, ops: list[tuple[int,
             got = "failed"
         assert got == expected
         assert b.state.name == ref.state
+
+
+class RateReference(Reference):
+    """The reference with the rate rules too: the count window is a plain deque of the last `size` outcomes."""
+
+    def __init__(
+        self, ft: int, timeout: int, st: int, size: int, minimum: int, fr: float | None, sr: float | None
+    ) -> None:
+        super().__init__(ft, timeout, st)
+        self.minimum, self.fr, self.sr = minimum, fr, sr
+        self.window: deque[tuple[bool, bool]] = deque(maxlen=size)  # (failed, slow)
+        self.successes = self.failures = self.rejected = 0
+
+    def rates_trip(self) -> bool:
+        n = len(self.window)
+        if n < self.minimum:
+            return False
+        failure_rate = 100.0 * sum(f for f, _ in self.window) / n
+        slow_rate = 100.0 * sum(s for _, s in self.window) / n
+        return (self.fr is not None and failure_rate >= self.fr) or (self.sr is not None and slow_rate >= self.sr)
+
+    def open(self, now: float) -> None:
+        self.state, self.opened = "OPEN", now
+
+    def call_timed(self, start: float, success: bool, duration: float) -> str:
+        end = start + duration
+        if self.state == "OPEN" and start - self.opened >= self.timeout:
+            self.state, self.permits, self.succ = "HALF_OPEN", self.st, 0
+        if self.state == "OPEN" or (self.state == "HALF_OPEN" and self.permits == 0):
+            self.rejected += 1
+            return "rejected"
+        if self.state == "HALF_OPEN":
+            self.permits -= 1
+        # Successes are timed only with a slow-call rule; failures always are.
+        slow = duration >= 100 and (not success or self.sr is not None)
+        self.window.append((not success, slow))
+        if success:
+            self.successes += 1
+            if self.state == "CLOSED":
+                self.fails = 0
+                if slow and self.rates_trip():
+                    self.open(end)
+            elif slow:
+                self.open(end)
+            else:
+                self.succ += 1
+                if self.succ >= self.st:
+                    self.state, self.fails = "CLOSED", 0
+                    self.window.clear()
+            return "ok"
+        self.failures += 1
+        self.fails += 1
+        if self.state == "CLOSED" and not (self.ft and self.fails >= self.ft) and not self.rates_trip():
+            return "failed"
+        self.open(end)
+        return "failed"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ft=st.integers(0, 4),
+    st_=st.integers(1, 3),
+    size=st.integers(1, 6),
+    minimum=st.integers(1, 6),
+    fr=st.sampled_from([None, 25.0, 50.0, 75.0, 100.0]),
+    sr=st.sampled_from([None, 50.0, 100.0]),
+    ops=st.lists(st.tuples(st.integers(0, 700), st.booleans(), st.sampled_from([0, 50, 150])), max_size=80),
+)
+def test_breaker_with_rate_rules_matches_reference_model(
+    ft: int,
+    st_: int,
+    size: int,
+    minimum: int,
+    fr: float | None,
+    sr: float | None,
+    ops: list[tuple[int, bool, int]],
+) -> None:
+    """Sequences mostly of closed-state successes (the fast path) mixed with failures, slow calls, trips and
+    probes: state, outcome and stats must match the reference at every step."""
+    if ft == 0 and fr is None and sr is None:
+        ft = 1
+    clock = ManualClock()
+    config = CircuitBreakerConfig(
+        failure_threshold=ft,
+        timeout_ms=1000,
+        success_threshold=st_,
+        window_size=size,
+        minimum_number_of_calls=minimum,
+        failure_rate_threshold=fr,
+        slow_call_rate_threshold=sr,
+        slow_call_duration_ms=100,
+    )
+    b = CircuitBreaker("p", config, clock=clock)
+    ref = RateReference(ft, 1000, st_, size, minimum, fr, sr)
+
+    def body(success: bool, duration: int) -> str:
+        clock.advance(duration)
+        if not success:
+            raise Boom("x")
+        return "ok"
+
+    for dt, success, duration in ops:
+        clock.advance(dt)
+        expected = ref.call_timed(clock(), success, duration)
+        try:
+            got = b.call(body, success, duration)
+        except CallNotPermittedError:
+            got = "rejected"
+        except Boom:
+            got = "failed"
+        assert got == expected
+        assert b.state.name == ref.state
+        s = b.get_stats()
+        assert (s.total_successes, s.total_failures, s.total_rejected) == (ref.successes, ref.failures, ref.rejected)
+        assert s.current_failure_count == ref.fails
+        n = len(ref.window)
+        assert s.failure_rate == (100.0 * sum(f for f, _ in ref.window) / n if n else 0.0)
+        assert s.slow_call_rate == (100.0 * sum(sl for _, sl in ref.window) / n if n else 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    window_type=st.sampled_from(list(WindowType)),
+    ft=st.integers(0, 3),
+    fr=st.sampled_from([None, 50.0]),
+    sr=st.sampled_from([None, 50.0]),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("acquire"), st.integers(0, 1500)),
+            st.tuples(st.sampled_from(["success", "failure"]), st.integers(0, 20), st.sampled_from([0.0, 150.0])),
+            st.tuples(st.just("force"), st.sampled_from(list(CircuitState))),
+        ),
+        max_size=80,
+    ),
+)
+def test_core_fast_path_agrees_with_the_general_path(
+    window_type: WindowType, ft: int, fr: float | None, sr: float | None, ops: list[tuple[Any, ...]]
+) -> None:
+    """Two cores fed the same operations, one with its fast path switched off; outcomes may come back for permits
+    of earlier epochs (late calls). Every result and every stats field must agree."""
+    if ft == 0 and fr is None and sr is None:
+        ft = 1
+    config = CircuitBreakerConfig(
+        failure_threshold=ft,
+        timeout_ms=1000,
+        success_threshold=2,
+        window_type=window_type,
+        window_size=4,
+        minimum_number_of_calls=2,
+        failure_rate_threshold=fr,
+        slow_call_rate_threshold=sr,
+        slow_call_duration_ms=100,
+    )
+    fast, general = BreakerCore(config), BreakerCore(config)
+    general._count_window = None  # the fast path's precondition, never true for this core
+    now = 0.0
+    permits: list[int] = []
+    for op in ops:
+        if op[0] == "acquire":
+            now += op[1]
+            (epoch, t1), (epoch2, t2) = fast.acquire(now), general.acquire(now)
+            assert epoch == epoch2 and t1 == t2
+            if epoch is not None:
+                permits.append(epoch)
+        elif op[0] == "force":
+            assert fast.force(op[1], now, "op") == general.force(op[1], now, "op")
+        elif permits:
+            epoch = permits.pop(op[1] % len(permits))
+            outcome = "on_success" if op[0] == "success" else "on_failure"
+            assert getattr(fast, outcome)(epoch, now, op[2]) == getattr(general, outcome)(epoch, now, op[2])
+        assert fast.stats("c", now) == general.stats("c", now)
+        assert (fast.epoch, fast.closed_epoch) == (general.epoch, general.closed_epoch)
+        assert fast.closed_epoch == (fast.epoch if fast.state is CircuitState.CLOSED else None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(1, 8), outcomes=st.lists(st.tuples(st.booleans(), st.booleans()), max_size=60))
+def test_count_window_matches_the_last_size_outcomes(size: int, outcomes: list[tuple[bool, bool]]) -> None:
+    window, model = CountWindow(size), deque[tuple[bool, bool]](maxlen=size)
+    for failed, slow in outcomes:
+        window.record(0.0, failed, slow)
+        assert len(window._marked) <= size  # failures are forgotten once they slide out, snapshot or not
+        model.append((failed, slow))
+        snap = window.snapshot(0.0)
+        assert (snap.calls, snap.failures, snap.slow) == (
+            len(model),
+            sum(f for f, _ in model),
+            sum(s for _, s in model),
+        )
+
+
+def test_a_call_admitted_before_reset_does_not_count_after_it() -> None:
+    b = make(failure_threshold=1)
+    started, release = threading.Event(), threading.Event()
+
+    def late_failure() -> None:
+        started.set()
+        release.wait(5)
+        raise Boom("late")
+
+    def run_late() -> None:
+        with pytest.raises(Boom):
+            b.call(late_failure)
+
+    t = threading.Thread(target=run_late)
+    t.start()
+    started.wait(5)
+    b.reset()
+    release.set()
+    t.join()
+    assert b.state is CircuitState.CLOSED  # the late failure is counted but is not the fresh breaker's first failure
+    assert b.get_stats().total_failures == 1
+
+
+def test_default_clock_times_calls_in_milliseconds() -> None:
+    sink = MemorySink()
+    config = CircuitBreakerConfig(
+        failure_threshold=0, slow_call_rate_threshold=100, slow_call_duration_ms=5, minimum_number_of_calls=1
+    )
+    b = CircuitBreaker("real", config, sink=sink)
+    with pytest.raises(Boom):
+        b.call(lambda: (time.sleep(0.01), fail()))
+    assert sink.of_kind("breaker_failure")[0].breaker_failure.duration_ms >= 10
+    assert b.state is CircuitState.OPEN and b.get_stats().slow_call_rate == 100.0
+    b.reset()
+    b.call(time.sleep, 0.01)  # a slow success is timed too
+    assert b.state is CircuitState.OPEN
+
+
+def test_every_call_is_counted_once_under_concurrent_transitions() -> None:
+    """Lock-free CLOSED admission racing transitions: each call ends as exactly one success, failure or rejection."""
+    clock = ManualClock()
+    b = make(clock, failure_threshold=2, success_threshold=1, timeout_ms=1)
+    per_thread, threads = 2000, 4
+
+    def hammer(seed: int) -> None:
+        for i in range(per_thread):
+            clock.advance(0.5)
+            with contextlib.suppress(Boom, CallNotPermittedError):
+                b.call(fail if (i // 3 + seed) % 3 == 0 else ok)  # runs of 3 failures: trips and recoveries
+
+    pool = [threading.Thread(target=hammer, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    s = b.get_stats()
+    assert s.total_calls + s.total_rejected == per_thread * threads
+    assert s.total_calls == s.total_successes + s.total_failures and s.state_transition_count > 0
