@@ -21,6 +21,7 @@ from esper.safety.breaker import (
     CircuitBreakerConfig,
     CircuitState,
     CountWindow,
+    TimeWindow,
     WindowType,
     safe_assert,
 )
@@ -542,7 +543,7 @@ def test_core_fast_path_agrees_with_the_general_path(
         slow_call_duration_ms=100,
     )
     fast, general = BreakerCore(config), BreakerCore(config)
-    general._count_window = None  # the fast path's precondition, never true for this core
+    general.on_success = general._on_success  # type: ignore[method-assign]  # fast path off
     now = 0.0
     permits: list[int] = []
     for op in ops:
@@ -577,6 +578,33 @@ def test_count_window_matches_the_last_size_outcomes(size: int, outcomes: list[t
             sum(f for f, _ in model),
             sum(s for _, s in model),
         )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size_s=st.integers(1, 4),
+    steps=st.lists(st.tuples(st.integers(0, 1500), st.booleans(), st.booleans()), max_size=60),
+)
+def test_time_window_matches_the_calls_of_the_last_size_seconds(
+    size_s: int, steps: list[tuple[int, bool, bool]]
+) -> None:
+    window, calls = TimeWindow(size_s), []  # calls: (second, failed, slow)
+
+    def check(at: float) -> None:
+        kept = [c for c in calls if c[0] > int(at // 1000) - size_s]
+        snap = window.snapshot(at)
+        assert (snap.calls, snap.failures, snap.slow) == (len(kept), sum(c[1] for c in kept), sum(c[2] for c in kept))
+
+    now = 0.0
+    for dt, failed, slow in steps:
+        now += dt
+        window.record(now, failed, slow)
+        assert len(window._buckets) <= size_s  # recording evicts: memory stays bounded
+        calls.append((int(now // 1000), failed, slow))
+        check(now)
+    for _ in range(size_s + 1):  # then time passes with nothing recorded (time never goes back for a window)
+        now += 1000
+        check(now)
 
 
 def test_a_call_admitted_before_reset_does_not_count_after_it() -> None:
