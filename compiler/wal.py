@@ -30,6 +30,7 @@ from esper.compiler.wal_format import (
     CHAIN_TAG,
     HEADER_SIZE,
     LEAF_TAG,
+    MAX_PAYLOAD,
     ZERO_PADS,
     CheckpointBody,
     MerkleFrontier,
@@ -94,6 +95,9 @@ class Entry:
             raise ValueError("txn must be 16 bytes")
         if self.type in (RecordType.SEGMENT, RecordType.CHECKPOINT):
             raise ValueError("SEGMENT and CHECKPOINT records are written by the WAL itself")
+        # Refused here, before a batch is built: encoding must never fail half-way through a batch.
+        if len(self.payload) > MAX_PAYLOAD:
+            raise ValueError(f"payload of {len(self.payload)} bytes exceeds the format's {MAX_PAYLOAD}")
 
 
 def recover(

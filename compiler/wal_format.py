@@ -37,6 +37,7 @@ MAGIC = b"ESPERWAL"
 VERSION = 1
 ENDIAN_MARK = 0x0102
 HEADER_SIZE = 256
+MAX_PAYLOAD = 0xFFFF_FFFF  # the header's payload length is a u32
 ALIGN = 256
 SENTINEL = 0x5AFEC0DE
 CHAINED = 184  # header[0:184] feeds the chain hash and the Merkle leaf

@@ -174,3 +174,19 @@ def test_writer_and_scan_match_the_reference_codec_field_by_field() -> None:
     report = recover(D, fs)
     assert report.merkle_root() == root.hex() and report.state is not None and report.state.prev_chain == chain
     assert len(report.records) == count - len(report.segments)  # every record but the SEGMENT ones
+
+
+def test_an_oversized_payload_is_refused_before_anything_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    import esper.compiler.wal as wal_module
+
+    monkeypatch.setattr(wal_module, "MAX_PAYLOAD", 1000)  # the real bound (u32) needs a 4 GiB payload
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    first = wal.data(b"j" * 16, b"ok")
+    with pytest.raises(ValueError, match="exceeds"):
+        wal.append_batch([Entry(RecordType.DATA, b"j" * 16, b"small"), Entry(RecordType.DATA, b"j" * 16, b"x" * 1001)])
+    after = wal.data(b"j" * 16, b"still fine")
+    wal.close()
+    report = recover(D, fs=fs)
+    assert report.corruption is None
+    assert [r.lsn for r in report.records if r.type == RecordType.DATA] == [first, after]
