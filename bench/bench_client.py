@@ -16,31 +16,18 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Row, print_table, ratio_row
+from kafka_env import bench_bootstrap
 
 from esper.proto import leyline_pb2 as pb
 from esper.safety.client import KasminaClient
 from esper.safety.config import GraftingConfig
 from esper.safety.seed import SeedSlot, SeedStage
-from esper.settings import load_settings
-from esper.streams.admin import create_topics
-from esper.streams.broker import LocalBroker
 from esper.streams.producer import LeylineProducer
-from esper.streams.topics import ALL_TOPICS, CONTROL_PAUSE
+from esper.streams.topics import CONTROL_PAUSE
 
 BLOCKS = 10
 STEPS_PER_BLOCK = 50
 PAUSE_ROUNDS = 200
-
-
-def bootstrap() -> str:
-    settings = load_settings()
-    servers = settings.bootstrap_servers
-    if not servers:
-        broker = LocalBroker(settings)
-        broker.up(timeout_s=180)
-        servers = broker.bootstrap_servers
-    create_topics(servers, ALL_TOPICS)
-    return servers
 
 
 def model(slot: SeedSlot) -> nn.Module:
@@ -122,7 +109,7 @@ def pause_latency(servers: str) -> list[Row]:
 
 
 def run() -> list[Row]:
-    servers = bootstrap()
+    servers = bench_bootstrap()
     return step_overhead(servers) + pause_latency(servers)
 
 

@@ -1,13 +1,15 @@
-"""The broker a benchmark talks to: ESPER_BOOTSTRAP_SERVERS when set, else the project's local broker (started)."""
+"""The broker a benchmark talks to: ESPER_BOOTSTRAP_SERVERS when set, else the project's local broker (started),
+with the Leyline topics created."""
 
 from __future__ import annotations
 
 from esper.settings import load_settings
+from esper.streams.admin import create_topics
 from esper.streams.broker import LocalBroker
 
 
 def bench_bootstrap() -> str:
     settings = load_settings()
-    if settings.bootstrap_servers:
-        return settings.bootstrap_servers
-    return LocalBroker(settings).up().bootstrap_servers
+    servers = settings.bootstrap_servers or LocalBroker(settings).up(timeout_s=180).bootstrap_servers
+    create_topics(servers)
+    return servers
