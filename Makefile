@@ -6,7 +6,7 @@ ESPER  := $(VENV)/bin/esper
 PYTEST := $(VENV)/bin/pytest
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup kafka run test lint typecheck unit proto bench crash clean-state
+.PHONY: setup kafka run test lint typecheck unit proto bench crash fuse clean-state
 
 # The virtual environment, the project (editable) and its declared dependencies; redone when pyproject changes.
 # Strict editable mode links every module into build/ (static paths mypy can follow), so adding a module
@@ -44,8 +44,13 @@ bench: setup kafka
 	$(PY) bench/run_all.py
 
 # The long crash matrix (thousands of kill -9 runs, every power-loss reordering); `make test` runs the short one.
-crash: setup
+crash: setup fuse
 	ESPER_CRASH_LONG=1 $(PYTEST) -q tests/crash
+
+# FUSE for C3 (power loss through tests/crash/lazyfs.py): the system's fuse3 and the mfusepy bindings.
+fuse: setup
+	command -v fusermount3 || (apt-get update -qq && apt-get install -y -qq fuse3 libfuse3-3)
+	$(PY) -m pip install --quiet mfusepy
 
 clean-state:
 	-$(ESPER) broker down
