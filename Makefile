@@ -6,7 +6,7 @@ ESPER  := $(VENV)/bin/esper
 PYTEST := $(VENV)/bin/pytest
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup kafka run test lint typecheck unit proto bench crash fuse clean-state
+.PHONY: setup kafka run test lint unit proto bench crash fuse clean-state
 
 # The virtual environment, the project (editable) and its declared dependencies; redone when pyproject changes.
 # Strict editable mode links every module into build/ (static paths mypy can follow), so adding a module
