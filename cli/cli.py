@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from esper.compiler.wal_cli import app as wal_app
-from esper.settings import EsperSettings, load_settings
+from esper.settings import load_settings
 from esper.streams.exceptions import StreamsError
 
 app = typer.Typer(
@@ -33,10 +33,6 @@ err = Console(stderr=True)
 out = Console()
 
 
-def _settings() -> EsperSettings:
-    return load_settings()
-
-
 def _fail(message: str) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}")
     return typer.Exit(1)
@@ -50,7 +46,7 @@ def broker_up(timeout: Annotated[float, typer.Option(help="Seconds to wait for r
     """Provision Kafka from Maven (once), format storage (once), start the broker and wait until it answers."""
     from esper.streams.broker import LocalBroker
 
-    settings = _settings()
+    settings = load_settings()
     if settings.bootstrap_servers:
         out.print(f"using the configured cluster {settings.bootstrap_servers}; no local broker started")
         return
@@ -68,7 +64,7 @@ def broker_down() -> None:
     """Stop the local broker with a controlled shutdown; its data stays for the next `up`."""
     from esper.streams.broker import LocalBroker
 
-    stopped = LocalBroker(_settings()).down()
+    stopped = LocalBroker(load_settings()).down()
     out.print("broker stopped" if stopped else "no local broker was running")
 
 
@@ -77,7 +73,7 @@ def broker_status() -> None:
     """Show whether the local broker runs and answers (exit 1 when it does not)."""
     from esper.streams.broker import LocalBroker
 
-    settings = _settings()
+    settings = load_settings()
     if settings.bootstrap_servers:
         from esper.streams.admin import ensure_reachable
 
@@ -110,7 +106,7 @@ def broker_logs(
     """Print the end of the broker's log."""
     from esper.streams.broker import LocalBroker
 
-    broker = LocalBroker(_settings())
+    broker = LocalBroker(load_settings())
     if not follow:
         out.print(broker.log_tail(lines), markup=False, highlight=False)
         return
@@ -122,7 +118,7 @@ def broker_tools() -> None:
     """List the console-tool wrappers (kafka-console-producer, kafka-topics, ...) and where they are."""
     from esper.streams.kafka_dist import CONSOLE_TOOLS, KafkaDistribution
 
-    settings = _settings()
+    settings = load_settings()
     dist = KafkaDistribution.in_home(settings.home, settings.kafka_version)
     dist.provision()
     for name in CONSOLE_TOOLS:
@@ -137,7 +133,7 @@ def kafka_tool(
     """Run a Kafka console tool from the same classpath as the broker: `esper kafka kafka-topics --list ...`."""
     from esper.streams.kafka_dist import KafkaDistribution
 
-    settings = _settings()
+    settings = load_settings()
     try:
         script = KafkaDistribution.in_home(settings.home, settings.kafka_version).tool(tool)
     except KeyError as e:
@@ -154,7 +150,7 @@ def topics_create() -> None:
     from esper.streams.admin import create_topics
     from esper.streams.cluster import bootstrap_servers
 
-    outcome = create_topics(bootstrap_servers(_settings()))
+    outcome = create_topics(bootstrap_servers(load_settings()))
     for name, what in outcome.items():
         out.print(f"{name}: {what}")
 
@@ -193,7 +189,7 @@ def tail(
     from esper.streams.tail import tail_records
 
     for line in tail_records(
-        bootstrap_servers(_settings()),
+        bootstrap_servers(load_settings()),
         topic,
         from_beginning=from_beginning,
         max_records=max_records,
@@ -232,7 +228,7 @@ def produce(
         message = json_format.Parse(text, cls())
     except json_format.ParseError as e:
         raise _fail(f"{json_file} is not a valid {type_name}: {e}") from e
-    bootstrap = bootstrap_servers(_settings())
+    bootstrap = bootstrap_servers(load_settings())
     ensure_topic(bootstrap, topic)
     producer = LeylineProducer(bootstrap, producer_id="esper-cli")
     envelope = producer.envelope_for(message, correlation_id=correlation_id, content_type=JSON if as_json else PROTOBUF)
@@ -264,7 +260,7 @@ def demo(
     from esper.safety.demo import run_demo
     from esper.streams.cluster import bootstrap_servers
 
-    bootstrap = bootstrap_servers(_settings())
+    bootstrap = bootstrap_servers(load_settings())
     out.print(
         f"training [bold]{instance}[/bold]; pause it from another shell with\n"
         f"  esper produce {'leyline.control.pause'} --type leyline.PauseCommand --json pause.json\n"
@@ -301,13 +297,12 @@ def run(steps: Annotated[int, typer.Option(help="Steps of the demo training run 
     from esper.streams.admin import create_topics
     from esper.streams.cluster import bootstrap_servers
 
-    settings = _settings()
-    if not settings.bootstrap_servers:
-        broker_up()
-    outcome = create_topics(bootstrap_servers(settings))
+    broker_up()  # says so, and starts nothing, when a cluster is configured
+    bootstrap = bootstrap_servers(load_settings())
+    outcome = create_topics(bootstrap)
     topics_list()
     created = sum(1 for v in outcome.values() if v == "created")
-    out.print(f"{len(outcome)} topics ready ({created} created) on {bootstrap_servers(settings)}")
+    out.print(f"{len(outcome)} topics ready ({created} created) on {bootstrap}")
     if steps:
         demo(steps=steps, instance="kasmina-demo", pace_ms=20)
 

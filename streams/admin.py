@@ -48,18 +48,13 @@ def create_topics(
     return outcome
 
 
-def topic_partitions(bootstrap_servers: str) -> dict[str, int]:
-    """Every topic of the cluster with its partition count."""
-    metadata = admin_client(bootstrap_servers).list_topics(timeout=10)
-    return {name: len(t.partitions) for name, t in metadata.topics.items()}
-
-
-def ensure_topic(bootstrap_servers: str, topic: str) -> None:
-    """Raise UnknownTopicError now rather than after the producer's 30 s metadata wait."""
+def ensure_topic(bootstrap_servers: str, topic: str) -> list[int]:
+    """The topic's partition ids; UnknownTopicError now rather than after a client's 30 s metadata wait."""
     try:
         metadata = admin_client(bootstrap_servers).list_topics(topic, timeout=10)
     except KafkaException as e:
         raise ClusterUnavailableError(f"no Kafka cluster answers at {bootstrap_servers}: {e}") from e
     found = metadata.topics.get(topic)
-    if found is None or found.error is not None:
+    if found is None or found.error is not None or not found.partitions:
         raise UnknownTopicError(f"topic {topic} does not exist on {bootstrap_servers} (see `esper topics create`)")
+    return sorted(found.partitions)

@@ -6,10 +6,6 @@ from esper.settings import EsperSettings
 from esper.streams.broker import LocalBroker
 
 
-def uses_external_cluster(settings: EsperSettings) -> bool:
-    return bool(settings.bootstrap_servers)
-
-
 def bootstrap_servers(settings: EsperSettings) -> str:
     """ESPER_BOOTSTRAP_SERVERS (or the config file) when set, else the local broker's address."""
     return settings.bootstrap_servers or LocalBroker(settings).bootstrap_servers

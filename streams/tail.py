@@ -10,8 +10,9 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition
 from google.protobuf import json_format
 
+from esper.streams.admin import ensure_topic
 from esper.streams.envelope import decode, header_pairs, header_text
-from esper.streams.exceptions import ClusterUnavailableError, DecodeError, UnknownTopicError
+from esper.streams.exceptions import DecodeError
 
 
 def record_as_dict(msg: Message) -> dict[str, Any]:
@@ -43,6 +44,7 @@ def tail_records(
     max_records: int = 0,
     idle_timeout_s: float = 0.0,
 ) -> Iterator[dict[str, Any]]:
+    partitions = ensure_topic(bootstrap_servers, topic)
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
@@ -52,13 +54,6 @@ def tail_records(
         }
     )
     try:
-        try:
-            metadata = consumer.list_topics(topic, timeout=10)
-        except Exception as e:
-            raise ClusterUnavailableError(f"no Kafka cluster answers at {bootstrap_servers}: {e}") from e
-        partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
-        if not partitions or metadata.topics[topic].error is not None:
-            raise UnknownTopicError(f"topic {topic} does not exist on {bootstrap_servers}")
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in partitions])
         seen, last = 0, time.monotonic()
