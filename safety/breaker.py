@@ -39,6 +39,7 @@ __all__ = [
     "Transition",
     "WindowSnapshot",
     "WindowType",
+    "breaker_check",
     "safe_assert",
 ]
 
@@ -591,19 +592,30 @@ class CircuitBreaker:
         self._sink.emit(safety_event(severity, message, detail, source_id=self._source_id))
 
 
-def safe_assert(condition: bool, message: str, breaker: CircuitBreaker) -> bool:
-    """The assert replacement: True when the condition holds; False (a recorded failure, or a rejection while the
-    breaker is open) instead of crashing the training process."""
+def breaker_check(breaker: CircuitBreaker, failure: Exception | None, passed: bool = True) -> bool:
+    """One check recorded through `breaker` without crashing: `failure`, when given, is raised inside the call (so
+    the breaker records it, with its type) and the result is False; otherwise the call succeeds and the result is
+    `passed`. A rejection while the breaker is open is False too."""
 
     def check() -> bool:
-        if not condition:
-            raise AssertionError(message)
-        return True
+        if failure is not None:
+            raise failure
+        return passed
 
     try:
         return breaker.call(check)
-    except (AssertionError, CallNotPermittedError):
+    except CallNotPermittedError:
         return False
+    except Exception as e:
+        if e is failure:
+            return False
+        raise
+
+
+def safe_assert(condition: bool, message: str, breaker: CircuitBreaker) -> bool:
+    """The assert replacement: True when the condition holds; False (a recorded failure, or a rejection while the
+    breaker is open) instead of crashing the training process."""
+    return breaker_check(breaker, None if condition else AssertionError(message))
 
 
 # The spec's named breakers: name -> (ProductionSafetyConfig field of the failure threshold, timeout_ms).

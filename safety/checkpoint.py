@@ -17,11 +17,10 @@ from torch import nn
 from torch._dynamo.utils import counters, get_compilation_metrics
 
 from esper.proto import leyline_pb2 as pb
-from esper.safety.breaker import BreakerRegistry, CircuitBreaker
+from esper.safety.breaker import BreakerRegistry, CircuitBreaker, breaker_check
 from esper.safety.config import ProductionSafetyConfig
 from esper.safety.events import EventSink, NullSink, safety_event
 from esper.safety.exceptions import (
-    CallNotPermittedError,
     CheckpointOverheadError,
     RecompilationLimitError,
     TeacherMemoryExceededError,
@@ -124,21 +123,13 @@ class CheckpointSafetyManager:
             self.recompilation_count += 1
             count = self.recompilation_count
         over = count > self.max_recompilations
-
-        def check() -> bool:
-            if over:
-                raise RecompilationLimitError(f"excessive recompilations: {count} > {self.max_recompilations}")
-            return True
-
         detail = pb.CheckpointRecompilation(
             recompilation_count=count, max_allowed=self.max_recompilations, reason=reason, fell_back_to_eager=over
         )
         severity = pb.TELEMETRY_ERROR if over else pb.TELEMETRY_WARN
         self._emit(severity, f"recompilation #{count} (max {self.max_recompilations}): {reason}", detail)
-        try:
-            return self.checkpoint_breaker.call(check)
-        except (RecompilationLimitError, CallNotPermittedError):
-            return False
+        failure = RecompilationLimitError(f"excessive recompilations: {count} > {self.max_recompilations}")
+        return breaker_check(self.checkpoint_breaker, failure if over else None)
 
     def validate_checkpoint_overhead(self, forward_time_ms: float, checkpoint_time_ms: float) -> bool:
         """True within the acceptable ratio (20%); above it a warning; above 30% a breaker failure and False."""
@@ -157,16 +148,8 @@ class CheckpointSafetyManager:
         )
         severity = pb.TELEMETRY_ERROR if critical else pb.TELEMETRY_WARN
         self._emit(severity, f"checkpoint overhead {ratio:.1%} exceeds {acceptable:.0%}", detail)
-
-        def check() -> bool:
-            if critical:
-                raise CheckpointOverheadError(f"critical checkpoint overhead: {ratio:.1%}")
-            return False
-
-        try:
-            return self.checkpoint_breaker.call(check)
-        except (CheckpointOverheadError, CallNotPermittedError):
-            return False
+        failure = CheckpointOverheadError(f"critical checkpoint overhead: {ratio:.1%}")
+        return breaker_check(self.checkpoint_breaker, failure if critical else None, passed=False)
 
     def monitor_teacher_memory(self, current_usage_gb: float | None = None, limit_gb: float | None = None) -> bool:
         """Check the teacher's memory (a real reading unless given): False above the limit, a warning above 90%."""
@@ -185,16 +168,8 @@ class CheckpointSafetyManager:
             )
             severity = pb.TELEMETRY_ERROR if exceeded else pb.TELEMETRY_WARN
             self._emit(severity, f"teacher memory {reading.gb:.2f}/{limit:.2f} GB ({reading.source})", detail)
-
-        def check() -> bool:
-            if exceeded:
-                raise TeacherMemoryExceededError(f"teacher memory {reading.gb:.2f} GB > {limit:.2f} GB")
-            return True
-
-        try:
-            return self.teacher_memory_breaker.call(check)
-        except (TeacherMemoryExceededError, CallNotPermittedError):
-            return False
+        failure = TeacherMemoryExceededError(f"teacher memory {reading.gb:.2f} GB > {limit:.2f} GB")
+        return breaker_check(self.teacher_memory_breaker, failure if exceeded else None)
 
     def handle_checkpoint_failure(self, error: BaseException) -> bool:
         """Recoverable classes (RuntimeError, AssertionError, ValueError) switch checkpointing off and return True;
