@@ -121,7 +121,7 @@ class LocalBroker:
         self._write_config()
         pid = self._running_pid()
         if pid is None:
-            self._format_once()
+            self.format_storage()
             pid = self._start()
         self._wait_ready(pid, timeout_s)
         return self.status()
@@ -196,13 +196,18 @@ class LocalBroker:
             opts.append(f"-XX:ArchiveClassesAtExit={self.cds_archive}")
         return opts
 
-    def _format_once(self) -> None:
+    def format_storage(self, cluster_id: str | None = None) -> None:
+        """Format the data directory once (a no-op when it already is): what `kafka-storage format` does."""
         if (self.data_dir / "meta.properties").exists():
             return
+        self._write_config()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # `--cluster-id=ID` in one argument: a random id may start with "-", which the tool's parser would
+        # otherwise read as an option ("argument --cluster-id/-t: expected one argument").
+        cluster_id = cluster_id or new_cluster_id()
         cmd = self.dist.java_command(
             "kafka.tools.StorageTool",
-            ["format", "-t", new_cluster_id(), "-c", str(self.config_file), "--ignore-formatted"],
+            ["format", f"--cluster-id={cluster_id}", f"--config={self.config_file}", "--ignore-formatted"],
             [
                 "-Xmx256m",
                 "-XX:+UseSerialGC",

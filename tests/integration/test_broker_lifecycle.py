@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,15 @@ def test_down_is_idempotent_and_up_restarts(restart_broker: LocalBroker) -> None
     assert not restart_broker.down()
     restart_broker.up(timeout_s=180)
     assert restart_broker.status().ready
+
+
+def test_format_accepts_a_cluster_id_that_starts_with_a_dash(tmp_path: Path) -> None:
+    """About one random id in 64 starts with "-"; the storage tool must take it as a value, not an option."""
+    broker = LocalBroker(load_settings(home=TEST_HOME, bootstrap_servers=None), name=f"format-{tmp_path.name}")
+    broker.dist.provision()
+    try:
+        broker.format_storage("-dashLeadingId12345678")
+        meta = (broker.data_dir / "meta.properties").read_text()
+        assert "cluster.id=-dashLeadingId12345678" in meta
+    finally:
+        shutil.rmtree(broker.dir, ignore_errors=True)
