@@ -78,7 +78,7 @@ def train(host: Host, slot: SeedSlot, client: KasminaClient, steps: int) -> int:
         opt.step()
         slot.advance()
         client.publish_metrics(
-            {"training_step_time_ms": (time.perf_counter() - start) * 1e3, "loss": float(loss)}, {"slot": slot.slot_id}
+            {"training_step_time_ms": (time.perf_counter() - start) * 1e3, "loss": loss.item()}, {"slot": slot.slot_id}
         )
         done += 1
     return done
