@@ -88,17 +88,7 @@ class LeylineProducer:
     ) -> Envelope:
         """Queue one message; when the local queue is full, serve delivery reports until there is room."""
         env = envelope or self.envelope_for(message)
-        value, headers = encode(message, env)
-        callback = _chain(self._on_delivery, on_delivery)
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
-                break
-            except BufferError:
-                self._producer.poll(0.05)
-        with self._lock:
-            self.stats.sent += 1
-        self._producer.poll(0)
+        self._produce(topic, message, key, env, _chain(self._on_delivery, on_delivery), wait_for_room=True)
         return env
 
     def try_send(
@@ -111,13 +101,29 @@ class LeylineProducer:
     ) -> bool:
         """Queue one message without ever blocking; a full queue counts a drop and returns False."""
         env = envelope or self.envelope_for(message)
+        return self._produce(topic, message, key, env, self._on_delivery, wait_for_room=False)
+
+    def _produce(
+        self,
+        topic: str,
+        message: ProtoMessage,
+        key: str | bytes | None,
+        env: Envelope,
+        callback: DeliveryCallback,
+        *,
+        wait_for_room: bool,
+    ) -> bool:
         value, headers = encode(message, env)
-        try:
-            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
-        except BufferError:
-            with self._lock:
-                self.stats.dropped += 1
-            return False
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
+                break
+            except BufferError:
+                if not wait_for_room:
+                    with self._lock:
+                        self.stats.dropped += 1
+                    return False
+                self._producer.poll(0.05)
         with self._lock:
             self.stats.sent += 1
         self._producer.poll(0)
