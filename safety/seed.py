@@ -10,6 +10,8 @@ Forward, with x the host's activation at the slot and s = seed(copy of x):
   BLENDING.. output (1 - alpha) x + alpha s; gradients reach host and seed (alpha ramps over fixed_steps);
   paused     output x (the identity kernel), whatever the stage;
   otherwise  output x.
+Only BLENDING, SHADOWING, PROBATIONARY and FOSSILIZED, unpaused, connect the seed to the host's graph: in every other
+stage the seed sees a detached copy, so even NaN seed weights leave the host's output and gradients untouched.
 """
 
 from __future__ import annotations
@@ -203,12 +205,14 @@ class SeedSlot(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ctl = self.control.clone()  # a snapshot: a write from another thread cannot change this step's backward
-        training = ctl[_TRAIN] > 0
-        seed_in = torch.where(training, x.detach(), x).contiguous()
+        # The seed runs in every stage (a static graph), but it is connected to the host only where it contributes
+        # (blending on, not paused). Elsewhere the host's gradient is selected by torch.where, never multiplied by
+        # zero: a broken seed's NaN/inf would survive 0 * NaN and poison the host.
+        contributes = (ctl[_BLEND] > 0) & (ctl[_PAUSED] <= 0)
+        seed_in = torch.where(contributes, x, x.detach()).contiguous()
         s = self.seed(seed_in)
-        local_loss = (s - seed_in.detach()).pow(2).mean() * ctl[_TRAIN]
-        y = torch.where(ctl[_BLEND] > 0, torch.lerp(x, s, ctl[_ALPHA].to(s.dtype)), x)
-        y = torch.where(ctl[_PAUSED] > 0, x, y)
+        local_loss = torch.where(ctl[_TRAIN] > 0, (s - seed_in.detach()).pow(2).mean(), 0.0)
+        y = torch.where(contributes, torch.lerp(x, s, ctl[_ALPHA].to(s.dtype)), x)
         return _AttachLoss.apply(y, local_loss)
 
     # -- lifecycle -----------------------------------------------------------------------------------------

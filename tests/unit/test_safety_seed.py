@@ -199,14 +199,79 @@ def test_blending_mixes_by_alpha_and_gradients_reach_host_and_seed() -> None:
     for _ in range(2):
         slot.advance()
     alpha = alpha_at(2, CFG)
-    h = torch.relu(host.a(torch.randn(3, 8)))
+    assert 0 < alpha < 1
+    h = torch.relu(host.a(torch.randn(3, 8))).detach().requires_grad_()
     with torch.no_grad():
         expected = (1 - alpha) * h + alpha * slot.seed(h)
-        assert torch.allclose(slot(h), expected)
-    host.zero_grad()
-    host(torch.randn(3, 8)).sum().backward()
-    assert host.a.weight.grad is not None and host.a.weight.grad.abs().sum() > 0
+    out = slot(h)
+    assert torch.allclose(out, expected)
+    g = torch.randn_like(out)
+    out.backward(g)
+    # d/dh [(1 - alpha) h + alpha (h W^T + b)] = (1 - alpha) g + alpha g W: the host gets its share through the seed
+    # (a host detached from the seed path, the prototype's bug, would get only (1 - alpha) g).
+    assert h.grad is not None and torch.allclose(h.grad, (1 - alpha) * g + alpha * g @ slot.seed.weight, atol=1e-6)
     assert slot.seed.weight.grad is not None and slot.seed.weight.grad.abs().sum() > 0
+
+
+def test_at_full_blend_the_host_learns_through_the_seed_alone() -> None:
+    slot = make_slot()
+    host = Host(slot)
+    to_blending(slot)
+    for _ in range(CFG.fixed_steps):
+        slot.advance()
+    assert slot.metrics().alpha == 1.0
+    x = torch.randn(3, 8)
+    host(x).pow(2).sum().backward()
+    got = grads(host)
+    # the same computation with the seed spliced in by hand: every host gradient flows through the seed
+    host.zero_grad()
+    host.b(slot.seed(torch.relu(host.a(x)))).pow(2).sum().backward()
+    want = grads(host)
+    for name in ("a.weight", "a.bias"):
+        assert want[name].abs().sum() > 0 and torch.allclose(got[name], want[name], atol=1e-6), name
+
+
+def _stage_then_poison(slot: SeedSlot, where: str) -> None:
+    """Bring the slot to a stage where its seed does not contribute, then break the seed's weights."""
+    if where == "germinated":
+        slot.germinate(example=torch.randn(2, 16))
+    elif where == "training":
+        to_training(slot)
+    elif where == "embargoed":
+        to_training(slot)
+        slot.cull("test")
+    elif where in ("paused_blending", "paused_fossilized"):
+        to_blending(slot)
+        if where == "paused_fossilized":
+            for _ in range(CFG.fixed_steps):
+                slot.advance()
+            slot.transition(S.SHADOWING)
+            slot.transition(S.PROBATIONARY, improvement=0.01)
+            slot.transition(S.FOSSILIZED, improvement=0.01)
+        slot.pause_enter("ops")
+    with torch.no_grad():
+        slot.seed.weight.fill_(float("nan"))
+        slot.seed.bias.fill_(float("inf"))
+
+
+@pytest.mark.parametrize(
+    "where", ["dormant", "germinated", "training", "embargoed", "paused_blending", "paused_fossilized"]
+)
+def test_a_broken_seed_cannot_touch_the_host_where_it_does_not_contribute(where: str) -> None:
+    torch.manual_seed(0)
+    plain = Host(None)
+    slot = make_slot()
+    host = Host(slot)
+    host.a.load_state_dict(plain.a.state_dict())
+    host.b.load_state_dict(plain.b.state_dict())
+    _stage_then_poison(slot, where)
+    x = torch.randn(5, 8)
+    out_plain, out = plain(x), host(x)
+    assert torch.equal(out, out_plain)
+    out_plain.pow(2).sum().backward()
+    out.pow(2).sum().backward()
+    for name, g in grads(plain).items():
+        assert torch.isfinite(grads(host)[name]).all() and torch.equal(grads(host)[name], g), name
 
 
 def test_paused_slot_is_the_identity_and_resumes_by_itself() -> None:
