@@ -209,11 +209,10 @@ def produce(
     as_json: Annotated[bool, typer.Option("--as-json", help="Send the JSON mapping, not protobuf bytes.")] = False,
 ) -> None:
     """Send one message, wait for the acknowledgement, print where it landed."""
-    from google.protobuf import json_format
-
     from esper.streams.admin import ensure_topic
     from esper.streams.cluster import bootstrap_servers
-    from esper.streams.envelope import JSON, MESSAGE_TYPES, PROTOBUF
+    from esper.streams.envelope import JSON, MESSAGE_TYPES, PROTOBUF, message_from_json
+    from esper.streams.exceptions import DecodeError
     from esper.streams.producer import LeylineProducer
     from esper.streams.topics import topic_spec
 
@@ -223,11 +222,14 @@ def produce(
     spec = topic_spec(topic)
     if spec is not None and type_name not in spec.type_names:
         raise _fail(f"topic {topic} carries {', '.join(spec.type_names)}, not {type_name}")
-    text = sys.stdin.read() if str(json_file) == "-" else json_file.read_text()
     try:
-        message = json_format.Parse(text, cls())
-    except json_format.ParseError as e:
-        raise _fail(f"{json_file} is not a valid {type_name}: {e}") from e
+        text = sys.stdin.read() if str(json_file) == "-" else json_file.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise _fail(f"cannot read {json_file}: {e}") from e
+    try:
+        message = message_from_json(text, cls)
+    except DecodeError as e:
+        raise _fail(f"{json_file}: {e}") from e
     bootstrap = bootstrap_servers(load_settings())
     ensure_topic(bootstrap, topic)
     producer = LeylineProducer(bootstrap, producer_id="esper-cli")

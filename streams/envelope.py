@@ -12,6 +12,7 @@ newer minor version (then the extra fields are a compatible addition).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 from google.protobuf import json_format
 from google.protobuf import message as pb_message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from esper.streams.exceptions import (
     MalformedPayloadError,
@@ -136,11 +138,11 @@ def decode(value: bytes | None, headers: Headers | None, topic: str | None = Non
     message = cls()
     try:
         if content_type == JSON:
-            json_format.Parse(value.decode("utf-8"), message, ignore_unknown_fields=newer_minor)
+            _parse_json(value, message, ignore_unknown_fields=newer_minor)
         else:
             message.ParseFromString(value)
-            if not newer_minor:
-                _reject_unknown_fields(message, type_name, len(value))
+            if not newer_minor and _has_unknown_fields(message):
+                raise MalformedPayloadError(f"payload holds fields unknown to {type_name} at schema {SCHEMA_VERSION}")
     except (
         json_format.ParseError,
         pb_message.DecodeError,
@@ -149,7 +151,6 @@ def decode(value: bytes | None, headers: Headers | None, topic: str | None = Non
         ValueError,
     ) as e:
         raise MalformedPayloadError(f"payload is not a valid {type_name} ({content_type}): {e}") from e
-    event_time = h.get(H_EVENT_TIME, "0")
     envelope = Envelope(
         message_type=type_name,
         message_id=h.get(H_MESSAGE_ID, ""),
@@ -157,10 +158,27 @@ def decode(value: bytes | None, headers: Headers | None, topic: str | None = Non
         causation_id=h.get(H_CAUSATION_ID, ""),
         producer=h.get(H_PRODUCER, ""),
         schema_version=version,
-        event_time_ms=int(event_time) if event_time.isdigit() else 0,
+        event_time_ms=_small_int(h.get(H_EVENT_TIME, "")) or 0,
         content_type=content_type,
     )
     return Decoded(message, envelope)
+
+
+def message_from_json(text: str | bytes, cls: type[pb_message.Message]) -> pb_message.Message:
+    """A message from its proto3 JSON mapping, at our schema version; MalformedPayloadError says what is wrong."""
+    message = cls()
+    try:
+        _parse_json(text, message, ignore_unknown_fields=False)
+    except (json_format.ParseError, UnicodeDecodeError, RecursionError, ValueError) as e:
+        raise MalformedPayloadError(f"not a valid {cls.DESCRIPTOR.full_name}: {e}") from e
+    return message
+
+
+def _parse_json(text: str | bytes, message: pb_message.Message, *, ignore_unknown_fields: bool) -> None:
+    document = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)  # UTF-8 only, never guessed
+    if not isinstance(document, dict):
+        raise MalformedPayloadError(f"JSON payload is a {type(document).__name__}, not an object")
+    json_format.ParseDict(document, message, ignore_unknown_fields=ignore_unknown_fields)
 
 
 def _header_dict(headers: Headers | None) -> dict[str, str]:
@@ -181,14 +199,22 @@ def header_text(raw: HeaderValue) -> str:
     return (raw or b"").decode("utf-8", errors="replace").strip()
 
 
+def _small_int(text: str) -> int | None:
+    """A header number: ASCII digits only (str.isdigit also takes '²' and other digits int() refuses), 18 at most."""
+    if text.isascii() and text.isdigit() and len(text) <= 18:
+        return int(text)
+    return None
+
+
 def _check_version(version: str) -> bool:
     """True when the record is of a newer minor version than ours (unknown fields then allowed)."""
-    major_s, _, minor_s = version.partition(".")
-    if not major_s.isdigit() or (minor_s and not minor_s.isdigit()):
-        raise UnsupportedVersionError(f"leyline-version {version!r} is not MAJOR[.MINOR]")
-    if int(major_s) != SCHEMA_MAJOR:
+    major_s, dot, minor_s = version.partition(".")
+    major, minor = _small_int(major_s), _small_int(minor_s) if dot else 0
+    if major is None or minor is None:
+        raise UnsupportedVersionError(f"leyline-version {version[:40]!r} is not MAJOR[.MINOR]")
+    if major != SCHEMA_MAJOR:
         raise UnsupportedVersionError(f"leyline-version {version!r}: this code reads major version {SCHEMA_MAJOR}")
-    return int(minor_s or 0) > SCHEMA_MINOR
+    return minor > SCHEMA_MINOR
 
 
 def _message_type(declared: str | None, topic: str | None) -> str:
@@ -207,7 +233,7 @@ def _message_type(declared: str | None, topic: str | None) -> str:
 def _content_type(declared: str | None, value: bytes) -> str:
     if not declared:
         # Operators typing into a console producer often forget the header: JSON objects are recognisable.
-        return JSON if value.lstrip()[:1] == b"{" else PROTOBUF
+        return JSON if _is_json_object(value) else PROTOBUF
     media = declared.split(";", 1)[0].strip().lower()
     if media == JSON:
         return JSON
@@ -216,8 +242,35 @@ def _content_type(declared: str | None, value: bytes) -> str:
     raise UnsupportedContentTypeError(f"content-type {declared!r} is neither {PROTOBUF} nor {JSON}")
 
 
-def _reject_unknown_fields(message: pb_message.Message, type_name: str, wire_size: int) -> None:
-    """Garbage bytes often parse as unknown fields; at our own schema version that is malformed."""
-    message.DiscardUnknownFields()
-    if message.ByteSize() != wire_size:
-        raise MalformedPayloadError(f"payload holds fields unknown to {type_name} at schema {SCHEMA_VERSION}")
+def _is_json_object(value: bytes) -> bool:
+    """Whether a header-less value is JSON text. A proto3 payload never starts with '{' (the start-group tag of
+    field 15), but whitespace bytes are valid field tags, so a value that starts with them must parse as an object."""
+    if value[:1] == b"{":
+        return True
+    stripped = value.strip()
+    if stripped[:1] != b"{" or stripped[-1:] != b"}":
+        return False
+    try:
+        return isinstance(json.loads(stripped), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _has_unknown_fields(message: pb_message.Message) -> bool:
+    """Garbage bytes often parse as unknown fields; at our own schema version that is malformed. Checked on the
+    parsed tree, not by comparing sizes, so legal encodings of known fields (explicit zeros, repeated fields,
+    unpacked scalars, long varints) are accepted."""
+    if len(UnknownFieldSet(message)):
+        return True
+    for field, value in message.ListFields():
+        entry = field.message_type
+        if entry is None:
+            continue
+        if entry.GetOptions().map_entry:
+            value_field = entry.fields_by_name["value"]
+            children = list(value.values()) if value_field.message_type is not None else []
+        else:
+            children = list(value) if field.is_repeated else [value]
+        if any(_has_unknown_fields(child) for child in children):
+            return True
+    return False

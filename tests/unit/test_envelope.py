@@ -90,6 +90,19 @@ def sample(cls: type) -> object:
 
 
 CONTRACTS = sorted({t for spec in ALL_TOPICS for t in spec.message_types}, key=lambda t: t.DESCRIPTOR.full_name)
+SAFETY_KINDS = [f.name for f in pb.SafetyEvent.DESCRIPTOR.oneofs_by_name["detail"].fields]
+
+
+def safety_event(kind: str) -> pb.SafetyEvent:
+    """A SafetyEvent of one kind (the oneof case set, its detail empty)."""
+    event = pb.SafetyEvent(event_id=f"s-{kind}", subsystem="kasmina", severity=pb.TELEMETRY_WARN)
+    getattr(event, kind).SetInParent()
+    return event
+
+
+def every_sample() -> list[object]:
+    """One message of each contract, and one SafetyEvent of each kind."""
+    return [sample(cls) for cls in CONTRACTS] + [safety_event(kind) for kind in SAFETY_KINDS]
 
 
 def topic_of(cls: type) -> str:
@@ -107,6 +120,15 @@ def test_every_contract_round_trips_with_its_envelope(cls: type, content_type: s
     decoded = env.decode(value, headers, topic_of(cls))
     assert decoded.message == message
     assert decoded.envelope == envelope
+
+
+@pytest.mark.parametrize("kind", SAFETY_KINDS)
+@pytest.mark.parametrize("content_type", [env.PROTOBUF, env.JSON])
+def test_every_kind_of_safety_event_round_trips(kind: str, content_type: str) -> None:
+    message = safety_event(kind)
+    value, headers = env.encode(message, env.new_envelope(message, content_type=content_type))
+    decoded = env.decode(value, headers, "leyline.safety").message
+    assert decoded == message and decoded.WhichOneof("detail") == kind
 
 
 def test_every_topic_contract_is_covered_by_the_samples() -> None:
@@ -183,6 +205,48 @@ def test_unknown_fields_are_malformed_at_our_version_but_allowed_from_a_newer_mi
     )
 
 
+def test_legal_encodings_of_known_fields_are_not_mistaken_for_unknown_fields() -> None:
+    """Other producers may write explicit zeros, repeat a field, or send repeated scalars unpacked."""
+    pause = [("leyline-type", b"leyline.PauseCommand")]
+    explicit_zero = b"\x30\x00"  # PauseCommand.quota_ms = 0, written out
+    assert env.decode(explicit_zero, pause, CONTROL_PAUSE.name).message == pb.PauseCommand()
+    twice = b"\x1a\x01a\x1a\x01k"  # target_instance written twice: the last one wins
+    assert env.decode(twice, pause, CONTROL_PAUSE.name).message.target_instance == "k"
+    unpacked_shape = b"\x22\x06\x08\x02\x08\x40\x08\x40"  # BlueprintIR.input.shape [2, 64, 64] unpacked
+    blueprint = env.decode(unpacked_shape, [("leyline-type", b"leyline.BlueprintIR")], "leyline.blueprints")
+    assert list(blueprint.message.input.shape) == [2, 64, 64]
+
+
+def test_unknown_fields_deep_inside_a_message_are_malformed() -> None:
+    inner = pb.TensorSpec(shape=[1]).SerializeToString() + b"\xf8\x3e\x01"
+    value = b"\x22" + bytes([len(inner)]) + inner  # BlueprintIR.input with an unknown field 999
+    with pytest.raises(MalformedPayloadError, match="unknown"):
+        env.decode(value, [("leyline-type", b"leyline.BlueprintIR")], "leyline.blueprints")
+
+
+def test_headerless_protobuf_that_starts_like_json_is_protobuf() -> None:
+    command = pb.PauseCommand(command_id="{" + "x" * 122)  # field 1, length 123: the bytes begin b"\n{"
+    value = command.SerializeToString()
+    assert value[:2] == b"\n{"
+    assert env.decode(value, None, CONTROL_PAUSE.name).message == command
+
+
+@pytest.mark.parametrize("text", [b"[]", b"3", b'"pause"', b"null"])
+def test_json_that_is_not_an_object_is_malformed(text: bytes) -> None:
+    with pytest.raises(MalformedPayloadError, match="not an object"):
+        env.decode(text, [("content-type", b"application/json")], CONTROL_PAUSE.name)
+
+
+@pytest.mark.parametrize("number", ["\u00b2", "\u0663", "1" * 5000, "-1", "1e3"])
+def test_odd_numbers_in_headers_are_typed_errors_or_ignored(number: str) -> None:
+    """str.isdigit() accepts superscripts and Arabic-Indic digits; int() refuses some and limits digit counts."""
+    value, headers = env.encode(sample(pb.PauseCommand), env.new_envelope(sample(pb.PauseCommand)))
+    with pytest.raises(UnsupportedVersionError):
+        env.decode(value, [*headers, ("leyline-version", number.encode())], CONTROL_PAUSE.name)
+    odd_time = [(k, v) for k, v in headers if k != env.H_EVENT_TIME] + [(env.H_EVENT_TIME, number.encode())]
+    assert env.decode(value, odd_time, CONTROL_PAUSE.name).envelope.event_time_ms == 0
+
+
 def test_tombstones_and_odd_content_types_are_typed_errors() -> None:
     with pytest.raises(MalformedPayloadError, match="tombstone"):
         env.decode(None, [], CONTROL_PAUSE.name)
@@ -198,6 +262,8 @@ def test_envelope_type_must_match_the_message() -> None:
 header_values = st.one_of(
     st.none(),
     st.binary(max_size=40),
+    st.text(alphabet=st.characters(categories=["Nd", "No", "Po"]), max_size=30).map(str.encode),
+    st.integers(min_value=1, max_value=6000).map(lambda n: b"1" * n),
     st.sampled_from(
         [b"application/json", b"application/x-protobuf", b"leyline.PauseCommand", b"leyline.DeadLetter", b"1.0", b"9"]
     ),
