@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from esper.streams.exceptions import ClusterUnavailableError, StreamsError, UnknownTopicError
 from esper.streams.topics import ALL_TOPICS, TopicSpec
@@ -25,7 +25,8 @@ def ensure_reachable(bootstrap_servers: str, timeout_s: float = 10.0) -> None:
 def create_topics(
     bootstrap_servers: str, specs: Iterable[TopicSpec] = ALL_TOPICS, replication_factor: int = 1
 ) -> dict[str, str]:
-    """Create the topics that do not exist yet; returns name -> "created" or "exists"."""
+    """Create the topics that do not exist yet; returns name -> "created", or "exists" and how it differs."""
+    specs = list(specs)
     ensure_reachable(bootstrap_servers)
     admin = admin_client(bootstrap_servers)
     futures = admin.create_topics(
@@ -36,16 +37,42 @@ def create_topics(
         operation_timeout=30,
     )
     outcome: dict[str, str] = {}
+    existing: list[TopicSpec] = []
+    by_name = {s.name: s for s in specs}
     for name, future in futures.items():
         try:
             future.result()
             outcome[name] = "created"
         except KafkaException as e:
             if e.args[0].code() == e.args[0].TOPIC_ALREADY_EXISTS:
-                outcome[name] = "exists"
+                existing.append(by_name[name])
             else:
                 raise StreamsError(f"could not create topic {name}: {e}") from e
+    for name, differences in topic_drift(admin, existing).items():
+        outcome[name] = "exists" + (f", differs from the registry: {'; '.join(differences)}" if differences else "")
     return outcome
+
+
+def topic_drift(admin: AdminClient, specs: list[TopicSpec]) -> dict[str, list[str]]:
+    """How each existing topic differs from its registry entry (partitions, configs): an operator's cluster may
+    have been set up by hand, and creation that only says "exists" would hide it."""
+    if not specs:
+        return {}
+    metadata = admin.list_topics(timeout=10).topics
+    resources = [ConfigResource(ResourceType.TOPIC, s.name) for s in specs]
+    configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
+    drift: dict[str, list[str]] = {}
+    for spec in specs:
+        found = metadata.get(spec.name)
+        partitions = len(found.partitions) if found is not None else 0
+        differences = [f"partitions={partitions} (registry {spec.partitions})"] if partitions != spec.partitions else []
+        actual = configs[spec.name]
+        for key, wanted in spec.config.items():
+            have = actual[key].value if key in actual else None
+            if have != wanted:
+                differences.append(f"{key}={have} (registry {wanted})")
+        drift[spec.name] = differences
+    return drift
 
 
 def ensure_topic(bootstrap_servers: str, topic: str) -> list[int]:
