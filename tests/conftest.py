@@ -7,8 +7,11 @@ every test that needs it (never skips).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from esper.settings import EsperSettings, load_settings
-from esper.streams.admin import create_topics
+from esper.streams.admin import create_topics, ensure_reachable
 from esper.streams.broker import LocalBroker
+from esper.streams.exceptions import ClusterUnavailableError
 from esper.streams.topics import ALL_TOPICS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +39,48 @@ def _docker_engine_answers() -> bool:
         return True
     except Exception:
         return False
+
+
+@contextlib.contextmanager
+def _kafka_container() -> Iterator[str]:
+    """The official apache/kafka image of docker-compose.yml, one KRaft node. testcontainers' KafkaContainer
+    runs Confluent's start scripts, which that image lacks, so this is a generic container whose advertised
+    listener is a host port chosen before it starts."""
+    from testcontainers.core.container import DockerContainer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    container = (
+        DockerContainer(f"apache/kafka:{test_settings().kafka_version}")
+        .with_bind_ports(9092, port)
+        .with_envs(
+            KAFKA_NODE_ID="1",
+            KAFKA_PROCESS_ROLES="broker,controller",
+            KAFKA_CONTROLLER_QUORUM_VOTERS="1@localhost:9093",
+            KAFKA_LISTENERS="PLAINTEXT://:9092,CONTROLLER://:9093",
+            KAFKA_ADVERTISED_LISTENERS=f"PLAINTEXT://127.0.0.1:{port}",
+            KAFKA_CONTROLLER_LISTENER_NAMES="CONTROLLER",
+            KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            KAFKA_AUTO_CREATE_TOPICS_ENABLE="false",
+            KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="1",
+            KAFKA_OFFSETS_TOPIC_NUM_PARTITIONS="1",
+            KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR="1",
+            KAFKA_TRANSACTION_STATE_LOG_MIN_ISR="1",
+            KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS="0",
+        )
+    )
+    with container:
+        bootstrap = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                ensure_reachable(bootstrap, timeout_s=5)
+                break
+            except ClusterUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+        yield bootstrap
 
 
 def test_settings() -> EsperSettings:
@@ -74,10 +120,7 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
         create_topics(external, ALL_TOPICS)
         yield external
     elif _docker_engine_answers():
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer("apache/kafka:4.1.0") as container:
-            bootstrap = container.get_bootstrap_server()
+        with _kafka_container() as bootstrap:
             create_topics(bootstrap, ALL_TOPICS)
             yield bootstrap
     else:

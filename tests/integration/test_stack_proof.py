@@ -54,7 +54,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def test_faust_rocksdb_table_recovers_from_its_changelog(kafka_bootstrap: str, run_id: str, tmp_path: Path) -> None:
-    from confluent_kafka import Producer
+    from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import NewTopic
 
     from esper.streams.admin import admin_client
@@ -88,6 +88,14 @@ def test_faust_rocksdb_table_recovers_from_its_changelog(kafka_bootstrap: str, r
     finally:
         _stop(first)
     assert any((tmp_path / "data-1").rglob("CURRENT")), "no RocksDB files were written"
+    # The source offsets are committed, so the second worker reads nothing from the source topic: its counts can
+    # only come from the changelog.
+    group = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": env["PROBE_APP_ID"]})
+    try:
+        committed = group.committed([TopicPartition(topic, 0)], timeout=30)
+    finally:
+        group.close()
+    assert committed[0].offset == 30
 
     # A new worker with an EMPTY data directory must rebuild the table from the changelog topic.
     second = _start_worker(env, tmp_path / "data-2", log)
