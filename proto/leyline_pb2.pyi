@@ -797,7 +797,7 @@ class RecordHeader(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
-    __slots__ = ("origin_topic", "origin_partition", "origin_offset", "origin_key", "origin_value", "origin_value_truncated", "origin_headers", "origin_timestamp_ms", "error_type", "error", "consumer_group", "failed_at")
+    __slots__ = ("origin_topic", "origin_partition", "origin_offset", "origin_key", "origin_value", "origin_value_truncated", "origin_headers", "origin_timestamp_ms", "error_type", "error", "consumer_group", "failed_at", "origin_key_truncated", "origin_headers_truncated")
     ORIGIN_TOPIC_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_PARTITION_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -810,6 +810,8 @@ class DeadLetter(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
     FAILED_AT_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_KEY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_HEADERS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     origin_topic: str
     origin_partition: int
     origin_offset: int
@@ -822,4 +824,6 @@ class DeadLetter(_message.Message):
     error: str
     consumer_group: str
     failed_at: _timestamp_pb2.Timestamp
-    def __init__(self, origin_topic: _Optional[str] = ..., origin_partition: _Optional[int] = ..., origin_offset: _Optional[int] = ..., origin_key: _Optional[bytes] = ..., origin_value: _Optional[bytes] = ..., origin_value_truncated: _Optional[bool] = ..., origin_headers: _Optional[_Iterable[_Union[RecordHeader, _Mapping]]] = ..., origin_timestamp_ms: _Optional[int] = ..., error_type: _Optional[str] = ..., error: _Optional[str] = ..., consumer_group: _Optional[str] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    origin_key_truncated: bool
+    origin_headers_truncated: bool
+    def __init__(self, origin_topic: _Optional[str] = ..., origin_partition: _Optional[int] = ..., origin_offset: _Optional[int] = ..., origin_key: _Optional[bytes] = ..., origin_value: _Optional[bytes] = ..., origin_value_truncated: _Optional[bool] = ..., origin_headers: _Optional[_Iterable[_Union[RecordHeader, _Mapping]]] = ..., origin_timestamp_ms: _Optional[int] = ..., error_type: _Optional[str] = ..., error: _Optional[str] = ..., consumer_group: _Optional[str] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin_key_truncated: _Optional[bool] = ..., origin_headers_truncated: _Optional[bool] = ...) -> None: ...

@@ -1,25 +1,25 @@
 """The consumer helper: decode, hand to a handler, store the offset only after processing.
 
 Offsets are stored after the handler returns (or after the record's dead letter is acknowledged) and committed
-by librdkafka's auto-commit and on close, so a crash redelivers what was not processed and loses nothing.
+by librdkafka's auto-commit and on close, so a crash redelivers what was not processed and loses nothing. When a
+dead letter cannot be published, the consumer seeks back to that record, so the next poll tries it again rather
+than committing past it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from google.protobuf.message import Message as ProtoMessage
 
 from esper.proto import leyline_pb2 as pb
 from esper.streams.deadletter import DeadLetterPublisher
 from esper.streams.envelope import Decoded, Envelope, decode
-from esper.streams.exceptions import DecodeError
-from esper.streams.producer import LeylineProducer
+from esper.streams.exceptions import DeadLetterUnavailableError, DecodeError
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,18 @@ class LeylineConsumer:
         self._consumer = Consumer(config)
         self._consumer.subscribe(list(topics))
         self._owns_producer = dead_letters is None
-        self.dead_letters = dead_letters or DeadLetterPublisher(
-            LeylineProducer(bootstrap_servers, producer_id=f"{group_id}-deadletter"), group_id
-        )
+        self.dead_letters = dead_letters or DeadLetterPublisher.connect(bootstrap_servers, group_id)
         self.on_dead_letter = on_dead_letter
         self.stats = ConsumerStats()
 
     def poll_once(self, handler: Handler, timeout_s: float = 0.5, max_records: int = 500) -> int:
-        """Process at most max_records; returns how many records were settled (handled or dead-lettered)."""
+        """Process at most max_records; returns how many records were settled (handled or dead-lettered).
+
+        Raises DeadLetterUnavailableError when a record's dead letter was not acknowledged; that record and the
+        rest of the batch are not settled and come again on the next poll."""
         settled = 0
-        for msg in self._consumer.consume(num_messages=max_records, timeout=timeout_s):
+        batch = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        for i, msg in enumerate(batch):
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
@@ -102,9 +104,23 @@ class LeylineConsumer:
                     self.stats.last_error = str(err)
                     log.warning("consumer error: %s", err)
                 continue
-            self._settle(msg, handler)
+            try:
+                self._settle(msg, handler)
+            except DeadLetterUnavailableError:
+                self._rewind(batch[i:])
+                raise
             settled += 1
         return settled
+
+    def _rewind(self, unsettled: list[Message]) -> None:
+        """Seek each partition back to its first unsettled record (the consumer's position is already past it)."""
+        first: dict[tuple[str, int], int] = {}
+        for msg in unsettled:
+            if msg.error() is None:
+                tp = (msg.topic() or "", msg.partition() or 0)
+                first[tp] = min(first.get(tp, msg.offset() or 0), msg.offset() or 0)
+        for (topic, partition), offset in first.items():
+            self._consumer.seek(TopicPartition(topic, partition, offset))
 
     def _settle(self, msg: Message, handler: Handler) -> None:
         try:
@@ -141,10 +157,6 @@ class LeylineConsumer:
     def assignment(self) -> list[tuple[str, int]]:
         """The (topic, partition) pairs this consumer holds now; empty until the group has assigned it some."""
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
-
-    def run(self, handler: Handler, stop: threading.Event, timeout_s: float = 0.2) -> None:
-        while not stop.is_set():
-            self.poll_once(handler, timeout_s)
 
     def close(self) -> None:
         """Commit what was processed, leave the group, flush our dead letters."""

@@ -6,6 +6,7 @@ __all__ = [
     "BrokerError",
     "BrokerStartError",
     "ClusterUnavailableError",
+    "DeadLetterUnavailableError",
     "DecodeError",
     "MalformedPayloadError",
     "ProduceError",
@@ -44,6 +45,10 @@ class UnknownTopicError(StreamsError):
 
 class ProduceError(StreamsError):
     """A record was not acknowledged by the cluster."""
+
+
+class DeadLetterUnavailableError(ProduceError):
+    """A record's dead letter was not acknowledged; the record stays unsettled and is consumed again."""
 
 
 class DecodeError(StreamsError):

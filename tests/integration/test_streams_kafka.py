@@ -11,15 +11,19 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from esper.proto import leyline_pb2 as pb
 from esper.settings import load_settings
+from esper.streams.admin import admin_client, create_topics
 from esper.streams.consumer import LeylineConsumer, Record
-from esper.streams.envelope import PROTOBUF
+from esper.streams.deadletter import DeadLetterPublisher
+from esper.streams.envelope import JSON, PROTOBUF, Envelope
+from esper.streams.exceptions import DeadLetterUnavailableError
 from esper.streams.kafka_dist import KafkaDistribution
 from esper.streams.producer import LeylineProducer
-from esper.streams.topics import ALL_TOPICS, CONTROL_PAUSE, DEADLETTER, TELEMETRY
-from tests.unit.test_envelope import CONTRACTS, sample, topic_of
+from esper.streams.topics import ALL_TOPICS, CONTROL_PAUSE, DEADLETTER, TELEMETRY, TopicSpec
+from tests.unit.test_envelope import every_sample, topic_of
 
 pytestmark = pytest.mark.broker
 REPO = Path(__file__).resolve().parents[2]
@@ -35,31 +39,32 @@ def drain(
 
 
 def test_every_contract_round_trips_through_the_broker(kafka_bootstrap: str, run_id: str) -> None:
+    """Every contract and every kind of safety event, as protobuf and as proto3 JSON."""
     producer = LeylineProducer(kafka_bootstrap, producer_id=f"test-{run_id}")
-    sent = {}
-    for cls in CONTRACTS:
-        message = sample(cls)
-        envelope = producer.envelope_for(message, correlation_id=run_id)
-        producer.send(topic_of(cls), message, key=run_id, envelope=envelope)
-        sent[cls.DESCRIPTOR.full_name] = (message, envelope)
+    sent: dict[str, tuple[object, Envelope]] = {}
+    for content_type in (PROTOBUF, JSON):
+        for message in every_sample():
+            envelope = producer.envelope_for(message, correlation_id=run_id, content_type=content_type)
+            producer.send(topic_of(type(message)), message, key=run_id, envelope=envelope)
+            sent[envelope.message_id] = (message, envelope)
     assert producer.flush(30) == 0
-    assert producer.stats.delivered == len(CONTRACTS) and producer.stats.failed == 0
+    assert producer.stats.delivered == len(sent) and producer.stats.failed == 0
 
     got: dict[str, Record] = {}
     consumer = LeylineConsumer(kafka_bootstrap, f"roundtrip-{run_id}", [t.name for t in ALL_TOPICS])
 
     def keep(record: Record) -> None:
         if record.envelope.correlation_id == run_id:
-            got[record.envelope.message_type] = record
+            got[record.envelope.message_id] = record
 
     try:
         drain(consumer, lambda: len(got) == len(sent), keep)
     finally:
         consumer.close()
-    for name, (message, envelope) in sent.items():
-        assert got[name].message == message
-        assert got[name].envelope == envelope
-        assert got[name].key == run_id.encode()
+    for message_id, (message, envelope) in sent.items():
+        assert got[message_id].message == message
+        assert got[message_id].envelope == envelope
+        assert got[message_id].key == run_id.encode()
 
 
 def console_produce(bootstrap: str, topic: str, lines: list[str], parse_headers: bool = True) -> None:
@@ -227,3 +232,152 @@ def test_cli_produce_rejects_bad_input_with_a_clear_error(
     assert done.returncode == 1
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
+
+
+class Crash(BaseException):
+    """Stands for the process dying inside a handler: not an Exception, so nothing catches and settles it."""
+
+
+def own_topic(bootstrap: str, run_id: str) -> str:
+    """A one-partition topic of this test alone: a fresh group reads only what the test wrote."""
+    name = f"test.pause.{run_id}"
+    create_topics(bootstrap, [TopicSpec(name, (pb.PauseCommand,), "test", 1)])
+    return name
+
+
+def pause_command(run_id: str, i: int) -> pb.PauseCommand:
+    return pb.PauseCommand(command_id=f"{run_id}-{i}", action=pb.PAUSE_EXIT, target_instance=run_id)
+
+
+def test_offsets_are_committed_only_after_processing(kafka_bootstrap: str, run_id: str) -> None:
+    topic = own_topic(kafka_bootstrap, run_id)
+    producer = LeylineProducer(kafka_bootstrap)
+    raw = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.send_sync(topic, pause_command(run_id, 0))
+    raw.produce(topic, value=b"\xff garbage")  # offset 1: dead-lettered, so settled
+    raw.flush(30)
+    for i in (2, 3, 4):
+        producer.send_sync(topic, pause_command(run_id, i))
+
+    group = f"commit-{run_id}"
+    first: list[str] = []
+
+    def dies_at_3(record: Record) -> None:
+        if record.message.command_id.endswith("-3"):
+            raise Crash
+        first.append(record.message.command_id)
+
+    consumer = LeylineConsumer(kafka_bootstrap, group, [topic])
+    with pytest.raises(Crash):
+        drain(consumer, lambda: False, dies_at_3)
+    consumer.close()  # commits what was stored: records 0..2, not 3
+    assert first == [f"{run_id}-0", f"{run_id}-2"]
+    assert consumer.stats.dead_lettered == 1
+
+    again: list[Record] = []
+    consumer = LeylineConsumer(kafka_bootstrap, group, [topic])
+    try:
+        drain(consumer, lambda: len(again) == 2, again.append)
+    finally:
+        consumer.close()
+    assert [(r.offset, r.message.command_id) for r in again] == [(3, f"{run_id}-3"), (4, f"{run_id}-4")]
+    assert consumer.stats.dead_lettered == 0  # the garbage at offset 1 was settled the first time
+
+
+def test_a_dead_letter_the_broker_refuses_is_retried_never_skipped(kafka_bootstrap: str, run_id: str) -> None:
+    topic = own_topic(kafka_bootstrap, run_id)
+    raw = Producer({"bootstrap.servers": kafka_bootstrap})
+    raw.produce(topic, value=b"\xff" * 5000)  # its dead letter is over the refusing producer's 1000-byte limit
+    raw.flush(30)
+    LeylineProducer(kafka_bootstrap).send_sync(topic, pause_command(run_id, 1))
+
+    group = f"dlq-retry-{run_id}"
+    refusing = DeadLetterPublisher(LeylineProducer(kafka_bootstrap, **{"message.max.bytes": 1000}), group)
+    handled: list[Record] = []
+    consumer = LeylineConsumer(kafka_bootstrap, group, [topic], dead_letters=refusing)
+    try:
+        for _ in range(3):  # each poll meets the unsettled record again, and never gets past it
+            with pytest.raises(DeadLetterUnavailableError, match=rf"{topic}\[0\]@0"):
+                drain(consumer, lambda: False, handled.append)
+        assert handled == [] and consumer.stats.dead_lettered == 0
+
+        consumer.dead_letters = DeadLetterPublisher.connect(kafka_bootstrap, group)
+        drain(consumer, lambda: bool(handled), handled.append)
+    finally:
+        consumer.close()
+    assert [r.message.command_id for r in handled] == [f"{run_id}-1"]
+    assert consumer.stats.dead_lettered == 1
+
+
+def test_a_record_of_a_megabyte_is_dead_lettered_whole(kafka_bootstrap: str, run_id: str) -> None:
+    topic = own_topic(kafka_bootstrap, run_id)
+    value = bytes(range(256)) * 3900  # 998,400 bytes of garbage, under the broker's default record limit
+    raw = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 1_048_576})
+    raw.produce(topic, value=value, key=run_id.encode())
+    raw.flush(30)
+    consumer = LeylineConsumer(kafka_bootstrap, f"big-{run_id}", [topic])
+    try:
+        drain(consumer, lambda: consumer.stats.dead_lettered == 1, lambda r: None)
+    finally:
+        consumer.close()
+
+    letters: list[pb.DeadLetter] = []
+    dlq = LeylineConsumer(kafka_bootstrap, f"big-reader-{run_id}", [DEADLETTER.name])
+    try:
+        drain(dlq, lambda: bool(letters), lambda r: letters.append(r.message) if r.key == run_id.encode() else None)
+    finally:
+        dlq.close()
+    assert letters[0].origin_value == value and not letters[0].origin_value_truncated
+
+
+ESPER_PRODUCE_PAUSE = [
+    sys.executable,
+    "-m",
+    "esper.cli",
+    "produce",
+    CONTROL_PAUSE.name,
+    "--type",
+    "leyline.PauseCommand",
+]
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [(None, "cannot read"), ("[]", "not an object"), (b"\xff\xfe{}", "codec can't decode")],
+)
+def test_cli_produce_refuses_unreadable_or_non_object_json(
+    kafka_bootstrap: str, tmp_path: Path, payload: str | bytes | None, expected: str
+) -> None:
+    command = tmp_path / "command.json"
+    if isinstance(payload, str):
+        command.write_text(payload)
+    elif isinstance(payload, bytes):
+        command.write_bytes(payload)
+    done = subprocess.run(
+        [*ESPER_PRODUCE_PAUSE, "--json", str(command)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"ESPER_BOOTSTRAP_SERVERS": kafka_bootstrap, "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
+    assert done.returncode == 1
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_topics_create_says_how_an_existing_topic_differs_from_the_registry(kafka_bootstrap: str, run_id: str) -> None:
+    spec = TopicSpec(f"test.drift.{run_id}", (pb.PauseCommand,), "test", 2, {"retention.ms": "3600000"})
+    assert create_topics(kafka_bootstrap, [spec]) == {spec.name: "created"}
+    assert create_topics(kafka_bootstrap, [spec]) == {spec.name: "exists"}
+    changed = ConfigResource(
+        ResourceType.TOPIC,
+        spec.name,
+        incremental_configs=[ConfigEntry("retention.ms", "60000", incremental_operation=AlterConfigOpType.SET)],
+    )
+    admin = admin_client(kafka_bootstrap)
+    for future in admin.incremental_alter_configs([changed]).values():
+        future.result()
+    wider = TopicSpec(spec.name, spec.message_types, spec.key, 3, spec.config)
+    assert create_topics(kafka_bootstrap, [wider]) == {
+        spec.name: "exists, differs from the registry: partitions=2 (registry 3); retention.ms=60000 (registry 3600000)"
+    }
