@@ -24,7 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 from esper.proto import leyline_pb2 as pb
 from esper.safety.clock import Clock, monotonic_ms
 from esper.safety.config import ProductionSafetyConfig
-from esper.safety.events import EventSink, NullSink, safety_event
+from esper.safety.events import EventSink, NullSink, notify, safety_event
 from esper.safety.exceptions import CallNotPermittedError, ConfigError, UnknownBreakerError
 
 __all__ = [
@@ -263,10 +263,12 @@ class BreakerCore:
         self.consecutive_failures = 0
         self.half_open_permits = 0
         self.half_open_successes = 0
-        # Totals since creation; calls = successes + failures (rejected and ignored calls are neither).
+        # Totals since creation. As in the spec, every call counts in total_calls: successes + failures + rejected +
+        # ignored (calls that ended in an ignored exception), so success_rate is successes over all calls.
         self.successes = 0
         self.failures = 0
         self.rejected = 0
+        self.ignored = 0
         self.transitions = 0
         self.last_failure_ms = 0.0
 
@@ -291,7 +293,10 @@ class BreakerCore:
         return None, transition
 
     def release(self, epoch: int) -> None:
-        """Give back a permit whose call ended in an ignored exception (it proved nothing)."""
+        """Count a call that ended in an ignored exception and give back its permit (it proved nothing)."""
+        if self.state is CircuitState.DISABLED:
+            return  # a disabled breaker counts nothing
+        self.ignored += 1
         if epoch == self.epoch and self.state is CircuitState.HALF_OPEN:
             self.half_open_permits += 1
 
@@ -389,7 +394,7 @@ class BreakerCore:
 
     def stats(self, name: str, now_ms: float) -> pb.BreakerStats:
         snap = self.window.snapshot(now_ms)
-        calls = self.successes + self.failures
+        calls = self.successes + self.failures + self.rejected + self.ignored
         return pb.BreakerStats(
             name=name,
             state=int(self.state),  # type: ignore[arg-type]
@@ -430,6 +435,7 @@ class CircuitBreaker:
         self._source_id = source_id
         self._lock = threading.Lock()
         self._listeners: list[TransitionListener] = []
+        self.listener_errors = 0  # listeners that raised (logged; the protected call never sees them)
         self._timed = self.config.slow_call_rate_threshold is not None
         # The default clock is read as time.monotonic_ns() / 1e6 inline on the call path (the same value as
         # monotonic_ms, minus a Python frame); any other clock (a test's ManualClock) is called as given.
@@ -534,7 +540,8 @@ class CircuitBreaker:
             return self._core.stats(self.name, now)
 
     def add_listener(self, listener: TransitionListener) -> None:
-        """Call listener(breaker, transition) after every state change (outside the lock)."""
+        """Call listener(breaker, transition) after every state change (outside the lock); a listener that raises
+        is logged and counted in `listener_errors`, never propagated to the call that caused the transition."""
         self._listeners = [*self._listeners, listener]
 
     def transition_to_closed(self, reason: str = "operator") -> None:
@@ -583,8 +590,7 @@ class CircuitBreaker:
         severity = pb.TELEMETRY_WARN if t.to_state is not CircuitState.CLOSED else pb.TELEMETRY_INFO
         message = f"circuit breaker {self.name}: {t.from_state.name} -> {t.to_state.name} ({t.reason})"
         self._emit(severity, message, detail)
-        for listener in self._listeners:
-            listener(self, t)
+        self.listener_errors += notify(self._listeners, self, t)
 
     def _emit(
         self, severity: pb.TelemetryLevel, message: str, detail: pb.BreakerFailure | pb.BreakerTransition

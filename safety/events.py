@@ -25,6 +25,7 @@ __all__ = [
     "NullSink",
     "detail_kind",
     "metric_point",
+    "notify",
     "safety_event",
     "telemetry_event",
     "telemetry_packet",
@@ -174,9 +175,17 @@ class Listeners:
         self._listeners = [*self._listeners, fn]  # copy-on-write: emit iterates without a lock
 
     def emit(self, event: pb.SafetyEvent) -> None:
-        for fn in self._listeners:
-            try:
-                fn(event)
-            except Exception:
-                self.errors += 1
-                log.exception("safety event listener failed")
+        self.errors += notify(self._listeners, event)
+
+
+def notify(listeners: Iterable[Callable[..., object]], *args: object) -> int:
+    """Call every listener with args; one that raises is logged and skipped (the caller's own work, result and
+    exception stay its own). Returns how many raised."""
+    errors = 0
+    for fn in listeners:
+        try:
+            fn(*args)
+        except Exception:
+            errors += 1
+            log.exception("listener %r failed", fn)
+    return errors

@@ -22,6 +22,7 @@ from esper.safety.breaker import (
     CircuitState,
     CountWindow,
     TimeWindow,
+    Transition,
     WindowType,
     safe_assert,
 )
@@ -166,6 +167,40 @@ def test_ignored_exceptions_are_not_failures_and_give_back_a_half_open_permit() 
         b.call(lambda: {}["x"])
     assert b.call(ok) == "ok"  # the permit came back
     assert b.state is CircuitState.CLOSED
+
+
+def test_total_calls_counts_every_call_as_the_spec_did() -> None:
+    clock = ManualClock()
+    b = make(clock, ignore_exceptions=(KeyError,))
+    b.call(ok)
+    with pytest.raises(KeyError):
+        b.call(lambda: {}["x"])
+    trip(b)
+    with pytest.raises(CallNotPermittedError):
+        b.call(ok)
+    s = b.get_stats()
+    assert (s.total_calls, s.total_successes, s.total_failures, s.total_rejected) == (6, 1, 3, 1)
+    assert s.success_rate == pytest.approx(1 / 6)
+
+
+def test_a_raising_listener_never_replaces_the_calls_own_result_or_exception() -> None:
+    clock = ManualClock()
+    sink = MemorySink()
+    b = make(clock, sink=sink, success_threshold=1)
+    seen: list[CircuitState] = []
+
+    def broken(_: CircuitBreaker, t: Transition) -> None:
+        raise RuntimeError("listener bug")
+
+    b.add_listener(broken)
+    b.add_listener(lambda _, t: seen.append(t.to_state))
+    for _ in range(3):
+        with pytest.raises(Boom):  # the third failure opens the breaker: still the call's own Boom
+            b.call(fail)
+    clock.advance(1000)
+    assert b.call(ok) == "ok"  # HALF_OPEN -> CLOSED: still the call's own result
+    assert seen == [CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.CLOSED]
+    assert b.listener_errors == 3 and len(sink.of_kind("breaker_transition")) == 3
 
 
 def test_record_predicate_decides_what_is_a_failure() -> None:
@@ -663,5 +698,5 @@ def test_every_call_is_counted_once_under_concurrent_transitions() -> None:
     for t in pool:
         t.join()
     s = b.get_stats()
-    assert s.total_calls + s.total_rejected == per_thread * threads
-    assert s.total_calls == s.total_successes + s.total_failures and s.state_transition_count > 0
+    assert s.total_calls == per_thread * threads
+    assert s.total_calls == s.total_successes + s.total_failures + s.total_rejected and s.state_transition_count > 0
