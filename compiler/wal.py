@@ -31,6 +31,7 @@ from esper.compiler.wal_format import (
     HEADER_SIZE,
     LEAF_TAG,
     MAX_PAYLOAD,
+    SEGMENT_BODY_SIZE,
     ZERO_PADS,
     CheckpointBody,
     MerkleFrontier,
@@ -249,7 +250,7 @@ class Wal:
             state = ScanState(wal_uuid, 1, genesis_chain(wal_uuid), 0, 0, MerkleFrontier())
         wal = cls(path, fs, config, context, report, state, state.epoch + 1)
         try:
-            wal._roll(0)
+            wal._roll(0, 0, cp=False)
         except OSError as e:
             wal._fatal = WalIOError(f"creating a segment failed: {e}")
             raise wal._fatal from e
@@ -418,10 +419,9 @@ class Wal:
             if self._fatal is not None:
                 raise WalFatalError(f"WAL failed earlier ({self._fatal})")
             cp = with_checkpoint or self._since_checkpoint + len(entries) >= self.config.checkpoint_every
-            need = sum(r.nbytes for r in reqs)  # the entries are exactly those of `reqs`
-            need += HEADER_SIZE + padded(self._checkpoint_payload_size()) if cp else 0
-            if self._seg_off + need > self._seg_size:
-                self._roll(need)
+            nbytes = sum(r.nbytes for r in reqs)  # the entries are exactly those of `reqs`
+            if self._seg_off + self._batch_bytes(nbytes, len(entries), cp, self._next_lsn) > self._seg_size:
+                self._roll(nbytes, len(entries), cp=cp)
             data, lsns = self._encode_batch(entries, cp)
             self._durable_write(data)
         except WalFatalError as e:
@@ -492,8 +492,17 @@ class Wal:
         self._since_checkpoint += len(lsns)
         return lsns
 
-    def _checkpoint_payload_size(self) -> int:
-        return 104 + 32 * (bin(self._next_lsn - 1).count("1")) + 4 + len(self._ctx_json)
+    def _checkpoint_bytes(self, tree_size: int) -> int:
+        """On-disk size of a CHECKPOINT record over `tree_size` leaves (its frontier: popcount(tree_size) roots)."""
+        return HEADER_SIZE + padded(104 + 32 * tree_size.bit_count() + 4 + len(self._ctx_json))
+
+    def _batch_bytes(self, nbytes: int, count: int, cp: bool, first_lsn: int) -> int:
+        """On-disk size of a batch of `count` entries (`nbytes`) from `first_lsn`, and of its checkpoint if `cp`.
+
+        The checkpoint follows the entries, so its tree counts them: sized from the tree before the batch, a
+        checkpoint whose popcount grows would overrun the preallocated segment.
+        """
+        return nbytes + (self._checkpoint_bytes(first_lsn - 1 + count) if cp else 0)
 
     def _checkpoint_payload(self) -> bytes:
         size = self._frontier.size
@@ -525,12 +534,17 @@ class Wal:
         self._seg_off = start  # _durable_write advances it once the bytes are written
         return b"".join(parts), lsns
 
-    def _roll(self, need: int) -> None:
-        """Start a new segment: tmp, preallocate, SEGMENT + CHECKPOINT, fsync, rename, fsync the directory."""
+    def _roll(self, nbytes: int, count: int, *, cp: bool) -> None:
+        """Start a new segment: tmp, preallocate, SEGMENT + CHECKPOINT, fsync, rename, fsync the directory.
+
+        Sized to hold at least its head and the batch that asked for it (`nbytes`, `count` entries, checkpoint `cp`).
+        """
         old_fd = self._seg_fd
         sid = self._seg_id + 1
-        head_size = 2 * HEADER_SIZE + padded(48) + padded(self._checkpoint_payload_size() + 32)
-        size = max(self.config.segment_size, (head_size + need + 4095) // 4096 * 4096)
+        lsn = self._next_lsn  # the SEGMENT record's; its CHECKPOINT (LSN + 1) covers LSN 1 .. LSN
+        head_size = HEADER_SIZE + padded(SEGMENT_BODY_SIZE) + self._checkpoint_bytes(lsn)
+        need = head_size + self._batch_bytes(nbytes, count, cp, lsn + 2)
+        size = max(self.config.segment_size, (need + 4095) // 4096 * 4096)
         final = os.path.join(self.path, segment_name(sid))
         tmp = final + TMP_SUFFIX
         fd = self.fs.open_create(tmp)

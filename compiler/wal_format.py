@@ -336,6 +336,9 @@ def context_root(tree_size: int, root: bytes, ctx_sha: bytes) -> bytes:
     return hashlib.sha256(b"esper-wal-checkpoint\x00" + struct.pack("<Q", tree_size) + root + ctx_sha).digest()
 
 
+SEGMENT_BODY_SIZE = 48  # previous chain hash (32), first LSN (u64), segment size (u64)
+
+
 @dataclass(frozen=True)
 class SegmentBody:
     prev_chain: bytes
@@ -347,7 +350,7 @@ class SegmentBody:
 
     @staticmethod
     def decode(b: bytes) -> SegmentBody | None:
-        if len(b) != 48:
+        if len(b) != SEGMENT_BODY_SIZE:
             return None
         first, size = struct.unpack_from("<QQ", b, 32)
         return SegmentBody(bytes(b[:32]), first, size)

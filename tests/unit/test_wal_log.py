@@ -8,6 +8,8 @@ from pathlib import Path
 
 import crc32c
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from esper.compiler.exceptions import WalCorruptionError, WalFatalError, WalIOError
@@ -17,6 +19,7 @@ from esper.compiler.wal_format import (
     CHAINED,
     HEADER_SIZE,
     Header,
+    SegmentBody,
     chain_next,
     decode_header,
     encode_header,
@@ -190,3 +193,27 @@ def test_an_oversized_payload_is_refused_before_anything_is_written(monkeypatch:
     report = recover(D, fs=fs)
     assert report.corruption is None
     assert [r.lsn for r in report.records if r.type == RecordType.DATA] == [first, after]
+
+
+_batches = st.lists(st.lists(st.integers(0, 3000), min_size=1, max_size=5), min_size=1, max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches=_batches, checkpoint_every=st.integers(1, 8), checkpoint_after=st.sets(st.integers(0, 29)))
+def test_a_segment_never_grows_past_its_preallocated_size(
+    batches: list[list[int]], checkpoint_every: int, checkpoint_after: set[int]
+) -> None:
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=WalConfig(segment_size=8192, checkpoint_every=checkpoint_every), fs=fs)
+    for i, sizes in enumerate(batches):
+        wal.append_batch([Entry(RecordType.DATA, b"j" * 16, b"p" * n) for n in sizes])
+        if i in checkpoint_after:
+            wal.checkpoint()
+    wal.close()
+    for name in fs.listdir(D):
+        with fs.mapped(f"{D}/{name}") as data:
+            h = decode_header(data, 0)
+            assert isinstance(h, Header)
+            body = SegmentBody.decode(bytes(data[HEADER_SIZE : HEADER_SIZE + h.payload_len]))
+            assert body is not None and len(data) == body.segment_size, name
+    assert recover(D, fs).corruption is None
