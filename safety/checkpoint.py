@@ -4,6 +4,8 @@ and the recoverable-failure fallback. Every finding is a safety event; every lim
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import statistics
 import threading
 import time
@@ -17,7 +19,7 @@ from torch import nn
 from torch._dynamo.utils import counters, get_compilation_metrics
 
 from esper.proto import leyline_pb2 as pb
-from esper.safety.breaker import BreakerRegistry, CircuitBreaker, breaker_check
+from esper.safety.breaker import BreakerRegistry, CircuitBreaker, CircuitState, breaker_check
 from esper.safety.config import ProductionSafetyConfig
 from esper.safety.events import EventSink, NullSink, safety_event
 from esper.safety.exceptions import (
@@ -34,14 +36,20 @@ __all__ = [
     "MemoryReading",
     "OverheadMeasurement",
     "measure_checkpoint_overhead",
+    "memory_device",
     "read_memory",
 ]
 
 CRITICAL_OVERHEAD_RATIO = 0.30
 TEACHER_MEMORY_WARNING_RATIO = 0.90
-# The spec's recoverable classes: torch.compile issues, use_reentrant issues, configuration issues.
-RECOVERABLE_CHECKPOINT_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, AssertionError, ValueError)
+# The spec's recoverable classes (torch.compile issues, use_reentrant issues, configuration issues), matched exactly
+# as the spec matched type names: subclasses such as torch.OutOfMemoryError, NotImplementedError or our own typed
+# errors are not "recoverable by switching checkpointing off".
+RECOVERABLE_CHECKPOINT_ERRORS: frozenset[type[BaseException]] = frozenset({RuntimeError, AssertionError, ValueError})
 _GIB = 1024**3
+# torch.compile can give one compiled region its own recompile budget (recent torch); older versions share dynamo's
+# global recompile_limit between every compiled module.
+_REGION_RECOMPILE_LIMIT = "isolate_recompiles" in inspect.signature(torch.compile).parameters
 
 
 @dataclass(frozen=True)
@@ -52,9 +60,22 @@ class MemoryReading:
     source: str  # "cuda" or "process"
 
 
-def read_memory(device: torch.device | str | None = None) -> MemoryReading:
-    dev = torch.device(device) if device is not None else None
-    if dev is not None and dev.type == "cuda":
+def memory_device(teacher: nn.Module | torch.device | str | None = None) -> torch.device:
+    """Where a teacher's memory lives: the device of its parameters (a module), the device given, or by default
+    the current CUDA device when there is one, else the CPU."""
+    if isinstance(teacher, nn.Module):
+        tensor = next(itertools.chain(teacher.parameters(), teacher.buffers()), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+    if teacher is not None:
+        return torch.device(teacher)
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def read_memory(teacher: nn.Module | torch.device | str | None = None) -> MemoryReading:
+    """CUDA allocated bytes when the teacher lives on a GPU (the default when there is one), else the process's
+    resident set."""
+    dev = memory_device(teacher)
+    if dev.type == "cuda":
         return MemoryReading(torch.cuda.memory_allocated(dev) / _GIB, "cuda")
     return MemoryReading(psutil.Process().memory_info().rss / _GIB, "process")
 
@@ -99,14 +120,14 @@ class CheckpointSafetyManager:
         *,
         sink: EventSink | None = None,
         source_id: str = "",
-        memory_device: torch.device | str | None = None,
+        teacher: nn.Module | torch.device | str | None = None,
     ) -> None:
         self.config = config or ProductionSafetyConfig()
         self.checkpoint_breaker: CircuitBreaker = breakers.get_or_create("checkpoint_recompilation")
         self.teacher_memory_breaker: CircuitBreaker = breakers.get_or_create("teacher_memory_overflow")
         self._sink: EventSink = sink or NullSink()
         self._source_id = source_id
-        self._memory_device = memory_device
+        self._teacher = teacher  # where teacher memory is read (see memory_device)
         self._lock = threading.Lock()
         self.recompilation_count = 0
         self.checkpoint_overhead_ms: list[float] = []
@@ -118,7 +139,9 @@ class CheckpointSafetyManager:
         return self.config.max_recompilations
 
     def monitor_checkpoint_recompilation(self, reason: str = "") -> bool:
-        """Count one recompilation; False (a breaker failure) once the count passes max_recompilations."""
+        """Count one recompilation. Past max_recompilations: a breaker failure, the checkpoint_recompilation
+        breaker tripped open whatever its failure threshold (the caller falls back to eager, so no further
+        recompiles would ever reach that threshold), and False."""
         with self._lock:
             self.recompilation_count += 1
             count = self.recompilation_count
@@ -128,8 +151,14 @@ class CheckpointSafetyManager:
         )
         severity = pb.TELEMETRY_ERROR if over else pb.TELEMETRY_WARN
         self._emit(severity, f"recompilation #{count} (max {self.max_recompilations}): {reason}", detail)
-        failure = RecompilationLimitError(f"excessive recompilations: {count} > {self.max_recompilations}")
-        return breaker_check(self.checkpoint_breaker, failure if over else None)
+        if not over:
+            return breaker_check(self.checkpoint_breaker, None)
+        limit = f"{count} recompilations > max_recompilations {self.max_recompilations}"
+        breaker = self.checkpoint_breaker
+        breaker_check(breaker, RecompilationLimitError(f"excessive recompilations: {limit}"))
+        if breaker.state in (CircuitState.CLOSED, CircuitState.HALF_OPEN):  # an operator's forced state stays
+            breaker.transition_to_open(limit)
+        return False
 
     def validate_checkpoint_overhead(self, forward_time_ms: float, checkpoint_time_ms: float) -> bool:
         """True within the acceptable ratio (20%); above it a warning; above 30% a breaker failure and False."""
@@ -153,9 +182,7 @@ class CheckpointSafetyManager:
 
     def monitor_teacher_memory(self, current_usage_gb: float | None = None, limit_gb: float | None = None) -> bool:
         """Check the teacher's memory (a real reading unless given): False above the limit, a warning above 90%."""
-        reading = (
-            read_memory(self._memory_device) if current_usage_gb is None else MemoryReading(current_usage_gb, "given")
-        )
+        reading = read_memory(self._teacher) if current_usage_gb is None else MemoryReading(current_usage_gb, "given")
         limit = limit_gb if limit_gb is not None else self.config.teacher_memory_limit_gb
         exceeded = reading.gb > limit
         if exceeded or reading.gb > limit * TEACHER_MEMORY_WARNING_RATIO:
@@ -172,9 +199,10 @@ class CheckpointSafetyManager:
         return breaker_check(self.teacher_memory_breaker, failure if exceeded else None)
 
     def handle_checkpoint_failure(self, error: BaseException) -> bool:
-        """Recoverable classes (RuntimeError, AssertionError, ValueError) switch checkpointing off and return True;
-        anything else is reported and returns False for the caller (and its breaker) to handle."""
-        recoverable = isinstance(error, RECOVERABLE_CHECKPOINT_ERRORS)
+        """The recoverable classes exactly (RuntimeError, AssertionError, ValueError, not their subclasses) switch
+        checkpointing off and return True; anything else is reported and returns False for the caller (and its
+        breaker) to handle."""
+        recoverable = type(error) in RECOVERABLE_CHECKPOINT_ERRORS
         if recoverable:
             self.checkpointing_enabled = False
             self.fallbacks += 1
@@ -213,6 +241,9 @@ class GuardedCompiledModule(nn.Module):
     """A module under torch.compile whose recompilations are counted from dynamo's own counters; past
     `max_recompilations` it runs the original (eager) module instead of recompiling again or crashing.
 
+    Dynamo stops compiling silently (the call runs eager and no graph is counted) once a region holds its
+    recompile_limit of graphs, so the module gets room for its first compile and max_recompilations + 1
+    recompiles: its own region's limit where torch supports one, else dynamo's global limit raised to that.
     Compiles are attributed by the counter's change across our own call, so run one guarded module per thread.
     """
 
@@ -220,6 +251,12 @@ class GuardedCompiledModule(nn.Module):
         super().__init__()
         self.module = module
         self.manager = manager
+        room = manager.max_recompilations + 2
+        if _REGION_RECOMPILE_LIMIT:
+            compile_kwargs = {**compile_kwargs, "isolate_recompiles": True, "recompile_limit": room}
+        else:
+            dynamo_config = torch._dynamo.config
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, room)
         self._compiled = torch.compile(module, **compile_kwargs)
         self.compiles = 0
         self.eager = False

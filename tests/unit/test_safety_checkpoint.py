@@ -3,11 +3,15 @@ memory from real readings, and the recoverable-failure fallback."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from esper.proto import leyline_pb2 as pb
+from esper.safety import checkpoint as checkpoint_module
 from esper.safety.breaker import BreakerRegistry, CircuitState
 from esper.safety.checkpoint import (
     CheckpointSafetyManager,
@@ -18,6 +22,7 @@ from esper.safety.checkpoint import (
 from esper.safety.clock import ManualClock
 from esper.safety.config import ProductionSafetyConfig
 from esper.safety.events import MemorySink
+from esper.safety.exceptions import RecompilationLimitError
 
 
 def manager(sink: MemorySink, **cfg: object) -> CheckpointSafetyManager:
@@ -26,24 +31,54 @@ def manager(sink: MemorySink, **cfg: object) -> CheckpointSafetyManager:
     return CheckpointSafetyManager(reg, config, sink=sink)
 
 
-def test_real_recompiles_past_the_limit_trip_the_breaker_and_fall_back_to_eager() -> None:
+def run_until_eager(guarded: GuardedCompiledModule, lin: nn.Linear, batches: range) -> list[int]:
+    """Feed a new batch size per call (each one a real recompile with dynamic=False); the sizes that ran."""
+    ran = []
+    for batch in batches:
+        x = torch.randn(batch, 4)
+        assert torch.allclose(guarded(x), lin(x))  # same values compiled or eager
+        ran.append(batch)
+        if guarded.eager:
+            break
+    return ran
+
+
+@torch._dynamo.config.patch(recompile_limit=4)  # below what the spec's limit needs: the guard must make room
+def test_real_recompiles_past_the_spec_limit_trip_the_breaker_and_fall_back_to_eager() -> None:
     torch._dynamo.reset()
     sink = MemorySink()
-    m = manager(sink, max_recompilations=2, checkpoint_recompilation_threshold=1)
+    m = manager(sink)  # the spec's defaults: max_recompilations 5, checkpoint_recompilation_threshold 3
+    assert (m.max_recompilations, m.checkpoint_breaker.config.failure_threshold) == (5, 3)
     lin = nn.Linear(4, 4)
     guarded = GuardedCompiledModule(lin, m, backend="eager", dynamic=False)
-    for batch in (2, 3, 4):  # first compile, then two recompiles: within the limit
-        x = torch.randn(batch, 4)
-        assert torch.allclose(guarded(x), lin(x))
-    assert (m.recompilation_count, guarded.eager) == (2, False)
-    x = torch.randn(5, 4)  # third recompile: past the limit
-    assert torch.allclose(guarded(x), lin(x))
-    assert guarded.eager and m.checkpoint_breaker.state is CircuitState.OPEN
-    out = guarded(torch.randn(6, 4))  # eager now: no crash, no compile
-    assert out.shape == (6, 4) and m.recompilation_count == 3
+    ran = run_until_eager(guarded, lin, range(2, 12))
+    # the first compile, five recompiles within the limit, the sixth passes it
+    assert ran == list(range(2, 9)) and (m.recompilation_count, guarded.compiles) == (6, 7)
+    assert m.checkpoint_breaker.state is CircuitState.OPEN
+    out = guarded(torch.randn(20, 4))  # eager now: no crash, no compile
+    assert out.shape == (20, 4) and m.recompilation_count == 6
     events = sink.of_kind("checkpoint_recompilation")
-    assert [e.checkpoint_recompilation.fell_back_to_eager for e in events] == [False, False, True]
+    assert [e.checkpoint_recompilation.fell_back_to_eager for e in events] == [False] * 5 + [True]
     assert "size mismatch" in events[0].checkpoint_recompilation.reason
+    (failure,) = sink.of_kind("breaker_failure")
+    assert failure.breaker_failure.error_type == RecompilationLimitError.__name__
+    (opened,) = sink.of_kind("breaker_transition")
+    assert (opened.breaker_transition.from_state, opened.breaker_transition.to_state) == (
+        pb.CIRCUIT_CLOSED,
+        pb.CIRCUIT_OPEN,
+    )
+
+
+@torch._dynamo.config.patch(recompile_limit=2)
+def test_without_per_region_limits_dynamos_global_limit_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoint_module, "_REGION_RECOMPILE_LIMIT", False)
+    torch._dynamo.reset()
+    m = manager(MemorySink(), max_recompilations=2)
+    lin = nn.Linear(4, 4)
+    guarded = GuardedCompiledModule(lin, m, backend="eager", dynamic=False)
+    assert torch._dynamo.config.recompile_limit == 4
+    assert run_until_eager(guarded, lin, range(2, 12)) == [2, 3, 4, 5]
+    assert m.checkpoint_breaker.state is CircuitState.OPEN
 
 
 def test_overhead_warning_at_20_percent_and_breaker_failure_at_30() -> None:
@@ -58,18 +93,42 @@ def test_overhead_warning_at_20_percent_and_breaker_failure_at_30() -> None:
 
 
 def test_overhead_measured_by_interleaving_real_checkpointed_steps() -> None:
-    block = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))
-    x = torch.randn(32, 64, requires_grad=True)
+    calls: list[str] = []
+
+    class Recomputed(nn.Module):
+        """A forward that costs a fixed 20 ms and a cheap backward: checkpointing runs the forward twice."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(mode)
+            time.sleep(0.02)
+            return self.lin(x)
+
+    block = Recomputed()
+    x = torch.randn(4, 8, requires_grad=True)
+    mode = ""
 
     def plain() -> None:
+        nonlocal mode
+        mode = "plain"
         block(x).sum().backward()
 
     def ckpt() -> None:
+        nonlocal mode
+        mode = "ckpt"
         checkpoint(block, x, use_reentrant=False).sum().backward()
 
     result = measure_checkpoint_overhead(plain, ckpt, rounds=6, warmup=1)
-    assert result.base_ms > 0 and result.checkpoint_ms > 0
-    assert result.ratio == (result.checkpoint_ms - result.base_ms) / result.base_ms
+    # 7 real steps each, interleaved (ABAB then BABA...), and the checkpointed ones recomputed their forward
+    assert calls.count("plain") == 7 and calls.count("ckpt") == 14
+    runs = [mode for i, mode in enumerate(calls) if i == 0 or calls[i - 1] != mode]
+    assert runs[:4] == ["plain", "ckpt", "plain", "ckpt"] or runs[:4] == ["ckpt", "plain", "ckpt", "plain"]
+    # the recomputed forward doubles the step (about +100%, far from the noise): critical for the manager
+    assert result.ratio > 0.5
+    assert manager(MemorySink()).validate_checkpoint_overhead(result.base_ms, result.checkpoint_ms) is False
 
 
 def test_teacher_memory_from_a_real_reading() -> None:
@@ -94,6 +153,28 @@ def test_teacher_memory_warning_at_90_percent_of_the_spec_limit() -> None:
     assert m.monitor_teacher_memory(6.2) and len(sink.of_kind("teacher_memory")) == 1
 
 
+def test_teacher_memory_defaults_to_cuda_memory_when_the_teacher_lives_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not torch.cuda.is_available():  # stand in for a GPU: what is read, not the device itself, is under test
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 3 * 1024**3)
+    assert read_memory().source == "cuda"
+    sink = MemorySink()
+    m = manager(sink)
+    assert m.monitor_teacher_memory(limit_gb=0.000001) is False
+    assert sink.of_kind("teacher_memory")[0].teacher_memory.source == "cuda"
+    assert read_memory(nn.Linear(2, 2)).source == "process"  # a teacher kept on the CPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_teacher_memory_on_a_real_gpu_counts_the_teachers_tensors() -> None:
+    before = read_memory().gb
+    teacher = nn.Linear(16_384, 16_384, device="cuda")  # 1 GiB of weights
+    reading = read_memory(teacher)
+    assert reading.source == "cuda" and reading.gb - before >= 0.99
+    del teacher
+
+
 def test_handle_checkpoint_failure_recovers_the_spec_classes_only() -> None:
     sink = MemorySink()
     m = manager(sink)
@@ -102,5 +183,10 @@ def test_handle_checkpoint_failure_recovers_the_spec_classes_only() -> None:
     assert m.handle_checkpoint_failure(AssertionError("use_reentrant"))
     assert m.handle_checkpoint_failure(ValueError("config"))
     assert m.handle_checkpoint_failure(KeyError("x")) is False
-    assert [e.checkpoint_fallback.recoverable for e in sink.of_kind("checkpoint_fallback")] == [True, True, True, False]
+    # subclasses are not the spec's classes: out of memory, a missing kernel, our own typed errors
+    assert m.handle_checkpoint_failure(torch.OutOfMemoryError("CUDA out of memory")) is False
+    assert m.handle_checkpoint_failure(NotImplementedError("no kernel")) is False
+    assert m.handle_checkpoint_failure(RecompilationLimitError("too many")) is False
+    recoverable = [e.checkpoint_fallback.recoverable for e in sink.of_kind("checkpoint_fallback")]
+    assert recoverable == [True, True, True, False, False, False, False]
     assert m.get_checkpoint_safety_stats()["checkpointing_enabled"] is False
