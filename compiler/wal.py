@@ -47,7 +47,7 @@ from esper.compiler.wal_format import (
 )
 from esper.compiler.wal_scan import RecoveryReport, ScannedRecord, ScanState, scan_segment
 
-__all__ = ["Entry", "RecordType", "RecoveryReport", "Wal", "WalConfig", "recover", "segment_name"]
+__all__ = ["ENTRY_TYPES", "Entry", "RecordType", "RecoveryReport", "Wal", "WalConfig", "recover", "segment_name"]
 
 SEGMENT_SUFFIX = ".seg"
 TMP_SUFFIX = ".tmp"
@@ -83,6 +83,9 @@ class WalConfig:
             raise ValueError("cadences must be positive")
 
 
+ENTRY_TYPES = frozenset({RecordType.BEGIN, RecordType.DATA, RecordType.COMMIT, RecordType.ABORT})
+
+
 @dataclass(frozen=True)
 class Entry:
     """One record to append: a transaction-style entry of a compilation job."""
@@ -92,11 +95,17 @@ class Entry:
     payload: bytes = b""
 
     def __post_init__(self) -> None:
-        if len(self.txn) != 16:
+        # Refused here, before a batch is built: encoding must never fail half-way through a batch, and a record
+        # must never be acknowledged that recovery would refuse (an unknown type reads as corruption).
+        if not isinstance(self.type, int) or self.type not in ENTRY_TYPES:
+            raise ValueError(
+                f"entry type {self.type!r} is not BEGIN, DATA, COMMIT or ABORT"
+                " (SEGMENT and CHECKPOINT records are written by the WAL itself)"
+            )
+        if not isinstance(self.txn, bytes) or len(self.txn) != 16:
             raise ValueError("txn must be 16 bytes")
-        if self.type in (RecordType.SEGMENT, RecordType.CHECKPOINT):
-            raise ValueError("SEGMENT and CHECKPOINT records are written by the WAL itself")
-        # Refused here, before a batch is built: encoding must never fail half-way through a batch.
+        if not isinstance(self.payload, bytes):
+            raise ValueError(f"payload must be bytes, not {type(self.payload).__name__}")
         if len(self.payload) > MAX_PAYLOAD:
             raise ValueError(f"payload of {len(self.payload)} bytes exceeds the format's {MAX_PAYLOAD}")
 
@@ -407,36 +416,46 @@ class Wal:
                 self._write_batch(entries, with_checkpoint=False, reqs=reqs)
             finally:
                 self._cv.acquire()
-            for r in reqs:
-                for entry, lsn in zip(r.entries, r.lsns, strict=False):  # no lsns when the batch failed
-                    self._track(entry.type, entry.txn, self._seg_id, lsn)
-                r.done = True
-            self._cv.notify_all()
+                # Even if an interrupt escapes: every request taken from the queue is answered, none waits forever.
+                for r in reqs:
+                    for entry, lsn in zip(r.entries, r.lsns, strict=False):  # no lsns when the batch failed
+                        self._track(entry.type, entry.txn, self._seg_id, lsn)
+                    r.done = True
+                self._cv.notify_all()
 
     def _write_batch(self, entries: list[Entry], *, with_checkpoint: bool, reqs: list[_Request]) -> None:
-        """Build, write (one pwrite), sync (one fdatasync); on any error the WAL is dead and nothing is acked."""
+        """Build, write (one pwrite), sync (one fdatasync); on any error the WAL is dead and nothing is acked.
+
+        Every request of the batch leaves with its LSNs or the error; an interrupt (not an Exception) also propagates.
+        """
+        if self._fatal is not None:
+            for r in reqs:
+                r.error = WalFatalError(f"WAL failed earlier ({self._fatal})")
+            return
+        error: BaseException
         try:
-            if self._fatal is not None:
-                raise WalFatalError(f"WAL failed earlier ({self._fatal})")
             cp = with_checkpoint or self._since_checkpoint + len(entries) >= self.config.checkpoint_every
             nbytes = sum(r.nbytes for r in reqs)  # the entries are exactly those of `reqs`
             if self._seg_off + self._batch_bytes(nbytes, len(entries), cp, self._next_lsn) > self._seg_size:
                 self._roll(nbytes, len(entries), cp=cp)
             data, lsns = self._encode_batch(entries, cp)
             self._durable_write(data)
-        except WalFatalError as e:
-            for r in reqs:
-                r.error = e
-            return
         except OSError as e:
-            self._fatal = WalIOError(f"segment {segment_name(self._seg_id)}: {e}")
+            self._fatal = error = WalIOError(f"segment {segment_name(self._seg_id)}: {e}")
+        except BaseException as e:
+            # Anything else (a bug, MemoryError, an interrupt) may strike after the LSN, chain and Merkle state moved
+            # or bytes were written: as fatal as an I/O error.
+            self._fatal = error = e
+        else:
+            pos = 0
             for r in reqs:
-                r.error = self._fatal
+                r.lsns = lsns[pos : pos + len(r.entries)]
+                pos += len(r.entries)
             return
-        pos = 0
         for r in reqs:
-            r.lsns = lsns[pos : pos + len(r.entries)]
-            pos += len(r.entries)
+            r.error = error
+        if not isinstance(error, Exception):
+            raise error
 
     def _durable_write(self, data: bytes) -> None:
         """The only place batch bytes reach the segment: pwrite them, then fdatasync; never retried."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from pathlib import Path
 
 import crc32c
@@ -118,11 +120,81 @@ def test_an_io_error_is_fatal_and_never_retried() -> None:
     assert len(fs.trace) == n
 
 
-def test_entry_rejects_system_types_and_bad_job_ids() -> None:
+@pytest.mark.parametrize(
+    ("rtype", "txn", "payload"),
+    [
+        (RecordType.CHECKPOINT, bytes(16), b""),
+        (RecordType.SEGMENT, bytes(16), b""),
+        (7, bytes(16), b""),  # acked, then recovery called it corruption
+        (300, bytes(16), b""),  # struct.error half-way through encoding
+        (True, bytes(16), b""),
+        (RecordType.DATA, b"short", b""),
+        (RecordType.DATA, "sixteen-chars-id", b""),
+        (RecordType.DATA, bytearray(16), b""),  # unhashable: failed after the batch was durable
+        (RecordType.DATA, bytes(16), "text"),
+    ],
+)
+def test_entry_rejects_what_the_format_cannot_hold_before_anything_is_written(
+    rtype: int, txn: bytes, payload: bytes
+) -> None:
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    first = wal.data(b"j" * 16, b"ok")
+    n = len(fs.trace)
     with pytest.raises(ValueError):
-        Entry(RecordType.CHECKPOINT, bytes(16))
-    with pytest.raises(ValueError):
-        Entry(RecordType.DATA, b"short")
+        wal.append_batch([Entry(RecordType.DATA, b"j" * 16, b"x"), Entry(rtype, txn, payload)])  # type: ignore[arg-type]
+    assert len(fs.trace) == n
+    after = wal.data(b"j" * 16, b"still fine")
+    wal.close()
+    report = recover(D, fs=fs)
+    assert report.corruption is None
+    assert [r.lsn for r in report.records if r.type == RecordType.DATA] == [first, after]
+
+
+def test_an_error_in_the_group_commit_leader_answers_every_request_of_its_batch() -> None:
+    """A non-I/O error while the leader writes a merged batch: each appender gets it, none waits forever."""
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    first_sync = threading.Event()
+    followers = 5
+
+    def hook(fs: SimFs, kind: str) -> None:
+        if kind == "fdatasync" and not first_sync.is_set():  # the first batch: hold it until the others queue up
+            first_sync.set()
+            deadline = time.monotonic() + 10
+            while len(wal._queue) < followers and time.monotonic() < deadline:
+                time.sleep(0.001)
+        elif kind == "pwrite" and first_sync.is_set():  # the merged second batch
+            raise RuntimeError("injected leader failure")
+
+    fs.on_op = hook
+    results: dict[int, object] = {}
+
+    def append(i: int) -> None:
+        try:
+            results[i] = wal.append_batch([Entry(RecordType.DATA, b"j" * 16, bytes([i]) * 10)])
+        except Exception as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=append, args=(0,), daemon=True)]
+    threads[0].start()
+    assert first_sync.wait(10)
+    threads += [threading.Thread(target=append, args=(i,), daemon=True) for i in range(1, followers + 1)]
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads), "an appender was never answered"
+    fs.on_op = None
+    assert isinstance(results[0], list)  # its batch was durable before the failure
+    assert all(isinstance(results[i], RuntimeError) for i in range(1, followers + 1)), results
+    n = len(fs.trace)
+    with pytest.raises(WalFatalError):  # the state may have moved and bytes been written: dead, no retry
+        wal.data(b"j" * 16, b"refused")
+    assert len(fs.trace) == n
+    report = recover(D, fs=fs)
+    assert report.corruption is None
+    assert [r.lsn for r in report.records if r.type == RecordType.DATA] == results[0]
 
 
 def test_stress_payload_checks_itself() -> None:
