@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
@@ -36,16 +36,31 @@ class _FrozenConfig(BaseModel):
         try:
             model = handler(data)
         except ValidationError as e:
-            problems = [f"{'.'.join(str(p) for p in err['loc']) or '(config)'}: {err['msg']}" for err in e.errors()]
+            errors = e.errors()
+            problems = [f"{'.'.join(str(p) for p in err['loc']) or '(config)'}: {err['msg']}" for err in errors]
+            # The rules still run, on the fields that did validate (the bad ones at their defaults): a rule that
+            # reads a bad field is skipped, since its verdict would be about the default, not the given value.
+            bad = {str(err["loc"][0]) for err in errors if err["loc"]}
+            if isinstance(data, Mapping):
+                try:
+                    rest = handler({k: v for k, v in data.items() if k not in bad})
+                except ValidationError:
+                    rest = None
+                if rest is not None:
+                    problems += rest.violations(skip=bad)
             raise ConfigError(cls.__name__, problems) from None
         problems = model.violations()
         if problems:
             raise ConfigError(cls.__name__, problems)
         return model
 
-    def violations(self) -> list[str]:
-        """Every rule this config breaks (empty when valid)."""
-        return []
+    def violations(self, skip: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Every rule this config breaks (empty when valid), leaving out the rules that read a field in `skip`."""
+        return [message for fields, message in self._broken_rules() if skip.isdisjoint(fields)]
+
+    def _broken_rules(self) -> Iterator[tuple[tuple[str, ...], str]]:
+        """(the fields a broken rule reads, its message) for every rule this config breaks."""
+        yield from ()
 
     @classmethod
     def load(
@@ -123,10 +138,12 @@ class ProductionSafetyConfig(_FrozenConfig):
     target_serialization_time_us: int = 80
     target_message_size_bytes: int = 280
 
-    def violations(self) -> list[str]:
-        p: list[str] = []
+    def _broken_rules(self) -> Iterator[tuple[tuple[str, ...], str]]:
         if self.leyline_contracts_enabled and not self.native_map_usage:
-            p.append("Leyline Option B requires native map usage (native_map_usage)")
+            yield (
+                ("leyline_contracts_enabled", "native_map_usage"),
+                "Leyline Option B requires native map usage (native_map_usage)",
+            )
         for name in (
             "memory_management_enabled",
             "parameter_registration_required",
@@ -134,16 +151,25 @@ class ProductionSafetyConfig(_FrozenConfig):
             "hardware_timing_awareness",
         ):
             if not getattr(self, name):
-                p.append(f"critical safety feature {name} must be enabled for production")
+                yield (name,), f"critical safety feature {name} must be enabled for production"
         if self.torch_compile_stability_monitoring:
             if self.checkpoint_recompilation_threshold < 1:
-                p.append("checkpoint_recompilation_threshold must be at least 1")
+                yield (
+                    ("torch_compile_stability_monitoring", "checkpoint_recompilation_threshold"),
+                    "checkpoint_recompilation_threshold must be at least 1",
+                )
             if self.checkpoint_overhead_acceptable_ratio > 0.30:
-                p.append("checkpoint_overhead_acceptable_ratio above 30% is unacceptable")
+                yield (
+                    ("torch_compile_stability_monitoring", "checkpoint_overhead_acceptable_ratio"),
+                    "checkpoint_overhead_acceptable_ratio above 30% is unacceptable",
+                )
         if self.target_message_size_bytes > 350:
-            p.append("target_message_size_bytes exceeds the Leyline Option B limit of 350")
+            yield ("target_message_size_bytes",), "target_message_size_bytes exceeds the Leyline Option B limit of 350"
         if self.target_serialization_time_us > 120:
-            p.append("target_serialization_time_us exceeds the Leyline Option B limit of 120")
+            yield (
+                ("target_serialization_time_us",),
+                "target_serialization_time_us exceeds the Leyline Option B limit of 120",
+            )
         for name in (
             "gradient_isolation_failure_threshold",
             "memory_bounds_failure_threshold",
@@ -156,18 +182,17 @@ class ProductionSafetyConfig(_FrozenConfig):
             "epoch_boundary_ms",
         ):
             if getattr(self, name) < 1:
-                p.append(f"{name} must be at least 1")
+                yield (name,), f"{name} must be at least 1"
         if self.max_recompilations < 0:
-            p.append("max_recompilations must be >= 0")
+            yield ("max_recompilations",), "max_recompilations must be >= 0"
         if self.max_pause_quota < 0:
-            p.append("max_pause_quota must be >= 0")
+            yield ("max_pause_quota",), "max_pause_quota must be >= 0"
         if not 0 < self.emergency_cleanup_threshold <= 1:
-            p.append("emergency_cleanup_threshold is a fraction in (0, 1]")
+            yield ("emergency_cleanup_threshold",), "emergency_cleanup_threshold is a fraction in (0, 1]"
         if self.checkpoint_overhead_acceptable_ratio < 0:
-            p.append("checkpoint_overhead_acceptable_ratio must be >= 0")
+            yield ("checkpoint_overhead_acceptable_ratio",), "checkpoint_overhead_acceptable_ratio must be >= 0"
         if self.teacher_memory_limit_gb <= 0:
-            p.append("teacher_memory_limit_gb must be > 0")
-        return p
+            yield ("teacher_memory_limit_gb",), "teacher_memory_limit_gb must be > 0"
 
     def validate_config(self) -> bool:
         """The spec's check; construction already ran it, so a constructed config answers True."""
@@ -202,26 +227,24 @@ class GraftingConfig(_FrozenConfig):
     leyline_telemetry_enabled: bool = True
     telemetry_reporting_frequency: int = 10
 
-    def violations(self) -> list[str]:
-        p: list[str] = []
+    def _broken_rules(self) -> Iterator[tuple[tuple[str, ...], str]]:
         if self.fixed_steps < 1:
-            p.append("fixed_steps must be at least 1")
+            yield ("fixed_steps",), "fixed_steps must be at least 1"
         for name in ("stabilization_epochs", "evaluation_patience", "fine_tuning_patience", "embargo_duration"):
             if getattr(self, name) < 0:
-                p.append(f"{name} must be >= 0")
+                yield (name,), f"{name} must be >= 0"
         if self.high_drift_threshold < 0:
-            p.append("high_drift_threshold must be >= 0")
+            yield ("high_drift_threshold",), "high_drift_threshold must be >= 0"
         if not 0 <= self.grad_norm_lower < self.grad_norm_upper:
-            p.append("grad_norm_lower must be >= 0 and below grad_norm_upper")
+            yield ("grad_norm_lower", "grad_norm_upper"), "grad_norm_lower must be >= 0 and below grad_norm_upper"
         if not 0 <= self.reconstruction_threshold <= 1:
-            p.append("reconstruction_threshold is a fraction in [0, 1]")
+            yield ("reconstruction_threshold",), "reconstruction_threshold is a fraction in [0, 1]"
         if self.performance_gate < 0:
-            p.append("performance_gate must be >= 0")
+            yield ("performance_gate",), "performance_gate must be >= 0"
         if self.isolation_temperature <= 0:
-            p.append("isolation_temperature must be > 0")
+            yield ("isolation_temperature",), "isolation_temperature must be > 0"
         if self.telemetry_reporting_frequency < 1:
-            p.append("telemetry_reporting_frequency must be at least 1")
-        return p
+            yield ("telemetry_reporting_frequency",), "telemetry_reporting_frequency must be at least 1"
 
     def get_leyline_telemetry_config(self) -> dict[str, Any]:
         return {

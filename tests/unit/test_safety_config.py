@@ -67,6 +67,18 @@ def test_type_errors_are_listed_too() -> None:
     assert len(info.value.violations) == 3
 
 
+def test_type_errors_and_rule_violations_are_listed_in_one_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        ProductionSafetyConfig(gc_frequency="often", native_map_usage=False, target_message_size_bytes=400)  # type: ignore[arg-type]
+    problems = info.value.violations
+    assert len(problems) == 3 and problems[0].startswith("gc_frequency:")
+    assert any("native map" in p for p in problems) and any("350" in p for p in problems)
+    # a rule that reads a field that failed to validate is left out (it would judge the default, not the value)
+    with pytest.raises(ConfigError) as info:
+        GraftingConfig(grad_norm_upper="high", grad_norm_lower=2.0, fixed_steps=0)  # type: ignore[arg-type]
+    assert len(info.value.violations) == 2 and "fixed_steps must be at least 1" in info.value.violations
+
+
 def test_grafting_rules() -> None:
     with pytest.raises(ConfigError) as info:
         GraftingConfig(fixed_steps=0, grad_norm_lower=2.0, isolation_temperature=0, reconstruction_threshold=1.5)
