@@ -138,18 +138,26 @@ def _gate_failure(gate: str, stage: SeedStage, m: SeedMetrics, c: GraftingConfig
 
 
 def alpha_at(step: int, config: GraftingConfig) -> float:
-    """Blend weight after `step` blending steps: 0 -> 1 over fixed_steps (linear, cosine, or a sigmoid whose
-    steepness falls as isolation_temperature rises), exactly 1 from fixed_steps on."""
+    """Blend weight after `step` blending steps: 0 -> 1 over fixed_steps, exactly 1 from fixed_steps on.
+
+    The schedule (linear, cosine, or a sigmoid of steepness 10) gives u in [0, 1]; isolation_temperature T then
+    tempers it as a temperature tempers a logit: alpha = sigmoid(logit(u) / T) = u^(1/T) / (u^(1/T) + (1-u)^(1/T)).
+    T = 1 is the schedule itself; T < 1 keeps the seed isolated longer and switches sharply around u = 1/2 (a step
+    as T -> 0); T > 1 brings the seed in sooner and flattens the middle. Endpoints, monotony and symmetry stay."""
     t = min(1.0, max(0.0, step / config.fixed_steps))
     if t >= 1.0:
         return 1.0
     if config.alpha_schedule == "cosine":
-        return 0.5 * (1.0 - math.cos(math.pi * t))
-    if config.alpha_schedule == "sigmoid":
-        k = 10.0 / config.isolation_temperature
-        lo, hi = 1 / (1 + math.exp(k / 2)), 1 / (1 + math.exp(-k / 2))
-        return (1 / (1 + math.exp(-k * (t - 0.5))) - lo) / (hi - lo)
-    return t
+        u = 0.5 * (1.0 - math.cos(math.pi * t))
+    elif config.alpha_schedule == "sigmoid":
+        lo, hi = 1 / (1 + math.exp(5.0)), 1 / (1 + math.exp(-5.0))
+        u = (1 / (1 + math.exp(-10.0 * (t - 0.5))) - lo) / (hi - lo)
+    else:
+        u = t
+    if u <= 0.0:
+        return 0.0
+    a, b = u ** (1 / config.isolation_temperature), (1 - u) ** (1 / config.isolation_temperature)
+    return a / (a + b)
 
 
 class _AttachLoss(torch.autograd.Function):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 
 import pytest
 import torch
@@ -84,10 +85,24 @@ def test_alpha_schedules_ramp_from_0_to_1_monotonically(schedule: str) -> None:
     assert all(a <= b for a, b in itertools.pairwise(values))
 
 
-def test_sigmoid_is_steeper_at_lower_temperature() -> None:
-    hot = GraftingConfig(fixed_steps=10, alpha_schedule="sigmoid", isolation_temperature=2.0)
-    cold = GraftingConfig(fixed_steps=10, alpha_schedule="sigmoid", isolation_temperature=0.2)
-    assert alpha_at(2, cold) < alpha_at(2, hot) and alpha_at(8, cold) > alpha_at(8, hot)
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
+def test_isolation_temperature_tempers_every_schedule(schedule: str) -> None:
+    def alphas(temperature: float) -> list[float]:
+        cfg = GraftingConfig(fixed_steps=10, alpha_schedule=schedule, isolation_temperature=temperature)  # type: ignore[arg-type]
+        return [alpha_at(i, cfg) for i in range(11)]
+
+    plain, cold, hot = alphas(1.0), alphas(0.25), alphas(4.0)
+    if schedule == "linear":
+        assert plain == pytest.approx([i / 10 for i in range(11)])
+    if schedule == "cosine":
+        assert plain == pytest.approx([0.5 * (1 - math.cos(math.pi * i / 10)) for i in range(11)])
+    for i in range(1, 5):  # before the midpoint a cold blend keeps the seed out longer, a hot one brings it in
+        assert cold[i] < plain[i] < hot[i]
+        assert cold[10 - i] > plain[10 - i] > hot[10 - i]  # and the mirror image after it
+    for values in (cold, hot):
+        assert values[0] == 0.0 and values[5] == pytest.approx(0.5) and values[10] == 1.0
+        assert all(a <= b for a, b in itertools.pairwise(values))
+        assert all(values[i] + values[10 - i] == pytest.approx(1.0) for i in range(11))
 
 
 def test_illegal_transition_is_a_typed_error_and_an_event() -> None:
