@@ -379,6 +379,9 @@ def _scan(
         pend_id, pend_first, pend_off, pend_idx = st.next_batch_id, st.next_lsn, off, len(records)
     # A sound header after the damage proves the damage is not a torn tail, unless it is a member of the one
     # unsynced batch sitting at its own position (power loss persists a batch's sectors in any subset).
+    # The damaged batch's end is known once the header of its last record is sound (the bad record's own, or a
+    # member's found below): a non-zero byte past it proves a later batch was written, hence this one was synced.
+    batch_end = nxt if bad.kind == "torn_payload" and bidx == bcount - 1 else None
     q = buf.find(MAGIC, off + 1 if bad.kind == "unwritten" else off + HEADER_SIZE)
     while q != -1:
         if q % HEADER_SIZE == 0:
@@ -395,7 +398,12 @@ def _scan(
                 )
                 if not member:
                     return stop(off, "corruption", f"{bad.reason}, yet a sound record follows at {q}", st, end)
+                if e.batch_index == e.batch_count - 1:
+                    batch_end = e.next_offset
         q = buf.find(MAGIC, q + 1)
+    # Past the batch, an unsynced tail leaves only the preallocated zeros (or the end of the file).
+    if batch_end is not None and not _all_zero(buf, batch_end, n):
+        return stop(off, "corruption", f"{bad.reason}, yet bytes follow the end of its batch at {batch_end}", st, end)
     rest_zero = _all_zero(buf, off, n)
     if not is_last:
         if rest_zero and not batch_open:

@@ -15,15 +15,17 @@ from esper.compiler.wal_simfs import CrashImage, SimFs
 _results: list[Result] = []
 
 
-def _base(tail_batches: list[int]) -> tuple[CrashImage, dict[int, bytes], set[bytes], list[ScannedRecord]]:
-    """A synced WAL (rolled segments) ending with the given batch sizes of 300-byte records."""
+def _base(
+    tail_batches: list[int], size: int = 300
+) -> tuple[CrashImage, dict[int, bytes], set[bytes], list[ScannedRecord]]:
+    """A synced WAL (rolled segments) ending with the given batch sizes of `size`-byte records."""
     acks: list[Ack] = []
     known: set[bytes] = set()
     fs = SimFs()
     workload(fs, acks, known, reopen=False)
     wal = Wal.open(WAL_DIR, CTX, config=WalConfig(segment_size=16384, checkpoint_every=10**6), fs=fs)
     for i, n in enumerate(tail_batches):
-        ps = [stress_payload(5, i * 10 + j, 300) for j in range(n)]
+        ps = [stress_payload(5, i * 10 + j, size) for j in range(n)]
         known.update(ps)
         lsns = wal.append_batch([Entry(RecordType.DATA, bytes(16), p) for p in ps])
         acks.extend(Ack(lsn, p, 0, 0) for lsn, p in zip(lsns, ps, strict=True))
@@ -97,20 +99,30 @@ def test_c5_every_header_bit_of_first_middle_last_record_and_payload_flips() -> 
         assert x.classes["corruption"] == x.runs, "a flipped bit must be reported as corruption, never cut as a tail"
 
 
+# Tail layouts (records per batch) and payload sizes: a zeroed sector then hits a header, the end of a payload and the
+# next header, a batch's last record, a middle one; 48 bytes is a record of exactly one sector.
+LAYOUTS = [[1] * 8, [1, 3], [2, 1, 4, 1], [3, 1, 2]]
+SIZES = [48, 200, 300, 511, 700, 1500, *([100, 1000, 2000] if LONG else [])]
+
+
 def test_c6_zeroed_sectors() -> None:
-    res = Result("C6 zeroed 512-byte sector (last batch excluded*)", power_loss=False)
-    img, acked, known, recs = _base([1, 3])
-    last_batch = recs[-1].batch_id
-    # *Zeroing a sector of the last batch is exactly what a torn unsynced write leaves: no log can tell them apart.
-    kept = {r.lsn: acked[r.lsn] for r in recs if r.batch_id != last_batch}
-    for path, data in sorted(img.files.items()):
-        used = max((r.offset + HEADER_SIZE + r.payload_len for r in recs if _seg(img, r) == path), default=1024)
-        for s in range(0, used, 512):
-            z = data[:s] + bytes(512) + data[s + 512 :]
-            if z == data:
-                continue
-            report, _ = recover_image(_with(img, path, z), repair=False)
-            check(report, kept, known, res, corruption_expected=True)
+    res = Result(f"C6 zeroed 512-byte sector, {len(LAYOUTS)} layouts x {len(SIZES)} sizes (last batch excl.*)", False)
+    for layout in LAYOUTS:
+        for size in SIZES:
+            img, acked, known, recs = _base(layout, size)
+            last_batch = recs[-1].batch_id
+            # *Zeroing a sector of the last batch is exactly what a torn unsynced write leaves: no log can tell them
+            # apart. Any other batch was provably synced: a later batch's header, or its own last header and bytes
+            # after its end, survive one zeroed sector (a record of a >= 48-byte payload spans a whole sector).
+            kept = {r.lsn: acked[r.lsn] for r in recs if r.batch_id != last_batch}
+            for path, data in sorted(img.files.items()):
+                used = max((r.offset + HEADER_SIZE + r.payload_len for r in recs if _seg(img, r) == path), default=1024)
+                for s in range(0, used, 512):
+                    z = data[:s] + bytes(512) + data[s + 512 :]
+                    if z == data:
+                        continue
+                    report, _ = recover_image(_with(img, path, z), repair=False)
+                    check(report, kept, known, res, corruption_expected=True)
     _results.append(res)
     assert res.lost == 0 and res.corrupted_accepted == 0 and res.classes["corruption"] > 0
 

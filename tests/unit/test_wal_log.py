@@ -108,6 +108,22 @@ def test_torn_tail_is_cut_and_synced_and_recovery_is_idempotent() -> None:
     assert [r.lsn for r in first.records] == [r.lsn for r in second.records]
 
 
+def test_damage_to_a_synced_batch_is_corruption_when_a_later_batch_left_bytes_after_it() -> None:
+    """The audit's case: the sector at 6144 holds the end of LSN 9's payload and LSN 10's header; LSN 10's payload
+    survives, so LSN 9's batch was synced: not a torn tail to cut."""
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=WalConfig(segment_size=16384, checkpoint_every=10**6), fs=fs)
+    lsns = [wal.data(bytes(16), stress_payload(0, i, 300)) for i in range(8)]
+    wal.close()
+    ino = fs.inodes[fs.names[f"{D}/wal-0000000000000000.seg"]]
+    offsets = {r.lsn: r.offset for r in recover(D, fs, repair=False).records}
+    assert lsns[-2:] == [9, 10] and offsets[9] < 6144 < offsets[10] < 6144 + 512
+    ino.data[6144 : 6144 + 512] = bytes(512)
+    report = recover(D, fs)
+    assert report.corruption is not None and report.corruption.offset == offsets[9]
+    assert not report.truncated and report.last_lsn == 8
+
+
 def test_an_io_error_is_fatal_and_never_retried() -> None:
     fs = FaultFs("eio_sync", at=5)  # dir, tmp, dir syncs in open; the first append; then this
     wal = Wal.open(D, CTX, config=CFG, fs=fs)
