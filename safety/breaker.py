@@ -77,7 +77,7 @@ class CircuitBreakerConfig:
     """
 
     failure_threshold: int = 5
-    timeout_ms: int = 60_000
+    timeout_ms: int = ProductionSafetyConfig.model_fields["circuit_breaker_timeout_ms"].default
     success_threshold: int = 3
     window_type: WindowType = WindowType.COUNT
     window_size: int = 100
@@ -649,8 +649,9 @@ class BreakerRegistry:
     def with_spec_breakers(cls, safety: ProductionSafetyConfig | None = None, **kwargs: Any) -> BreakerRegistry:
         """A registry holding the spec's five named breakers with the thresholds of `safety` (spec defaults:
         gradient_isolation 3/30 s, memory_bounds 5/60 s, kernel_loading 10/30 s, checkpoint_recompilation 3/120 s,
-        teacher_memory_overflow 2/180 s)."""
+        teacher_memory_overflow 2/180 s); any other breaker it creates opens for `circuit_breaker_timeout_ms`."""
         safety = safety or ProductionSafetyConfig()
+        kwargs.setdefault("default_config", CircuitBreakerConfig(timeout_ms=safety.circuit_breaker_timeout_ms))
         registry = cls(**kwargs)
         for name, (threshold_field, timeout_ms) in SPEC_BREAKERS.items():
             config = CircuitBreakerConfig(failure_threshold=getattr(safety, threshold_field), timeout_ms=timeout_ms)

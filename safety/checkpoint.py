@@ -181,7 +181,10 @@ class CheckpointSafetyManager:
         return breaker_check(self.checkpoint_breaker, failure if critical else None, passed=False)
 
     def monitor_teacher_memory(self, current_usage_gb: float | None = None, limit_gb: float | None = None) -> bool:
-        """Check the teacher's memory (a real reading unless given): False above the limit, a warning above 90%."""
+        """Check the teacher's memory (a real reading unless given): False above the limit, a warning above 90%.
+        With teacher_memory_monitoring off nothing is read or reported and the check passes."""
+        if not self.config.teacher_memory_monitoring:
+            return True
         reading = read_memory(self._teacher) if current_usage_gb is None else MemoryReading(current_usage_gb, "given")
         limit = limit_gb if limit_gb is not None else self.config.teacher_memory_limit_gb
         exceeded = reading.gb > limit

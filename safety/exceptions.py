@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "IllegalTransitionError",
     "InvalidCommandError",
+    "InvalidPauseError",
     "NotPausedError",
     "PauseRefusedError",
     "RecompilationLimitError",
@@ -59,6 +60,10 @@ class IllegalTransitionError(SafetyError):
 
 class PauseRefusedError(SafetyError):
     """A pause could not be entered (no quota left, or pause semantics are disabled)."""
+
+
+class InvalidPauseError(SafetyError, ValueError):
+    """A pause asked with values out of range (a quota or maximum duration that is not positive)."""
 
 
 class NotPausedError(SafetyError):

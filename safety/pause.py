@@ -3,19 +3,23 @@
 `pause_enter` / `pause_exit` / `pause_expired` and `quota_request` are pure functions of (state, event, now);
 `PauseController` and `PauseQuota` are their thread-safe shells that read the injected clock and emit events.
 A pause is bounded: it ends by command, or by itself once its allowed duration (the smaller of the command's
-maximum, the configured maximum and the quota granted) has passed.
+maximum, the configured maximum and the quota granted) has passed. The quota is milliseconds of pause: at most
+`max_pause_quota` per `pause_quota_reset_interval_ms`, granted in full, in part or not at all.
+Every limit and switch comes from `ProductionSafetyConfig`.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from esper.proto import leyline_pb2 as pb
 from esper.safety.clock import Clock, monotonic_ms
+from esper.safety.config import ProductionSafetyConfig
 from esper.safety.events import EventSink, NullSink, safety_event
-from esper.safety.exceptions import NotPausedError
+from esper.safety.exceptions import InvalidPauseError, NotPausedError, PauseRefusedError
 
 __all__ = [
     "PauseController",
@@ -26,6 +30,8 @@ __all__ = [
     "pause_enter",
     "pause_exit",
     "pause_expired",
+    "pause_refusal",
+    "pause_request_problems",
     "quota_request",
 ]
 
@@ -47,6 +53,25 @@ class Paused:
 
     def remaining_ms(self, now_ms: float) -> float:
         return max(0.0, self.allowed_ms - self.elapsed_ms(now_ms))
+
+
+def pause_request_problems(quota_ms: int | None, max_duration_ms: float | None) -> list[str]:
+    """What is wrong with a pause's values (None: not given); a given quota or maximum must be positive."""
+    problems = []
+    if quota_ms is not None and quota_ms < 1:
+        problems.append(f"quota_ms must be at least 1 ms, got {quota_ms}")
+    if max_duration_ms is not None and max_duration_ms <= 0:
+        problems.append(f"max_duration_ms must be > 0, got {max_duration_ms}")
+    return problems
+
+
+def pause_refusal(config: ProductionSafetyConfig) -> str | None:
+    """Why this configuration refuses every pause (None: pauses are allowed)."""
+    if not config.pause_semantics_enabled:
+        return "pause semantics are disabled (pause_semantics_enabled)"
+    if not config.identity_kernel_enabled:
+        return "a pause needs the identity kernel, which is disabled (identity_kernel_enabled)"
+    return None
 
 
 def pause_enter(
@@ -75,18 +100,31 @@ class PauseController:
         instance_id: str,
         slot_id: str = "",
         *,
-        max_duration_ms: float = 30_000,
+        config: ProductionSafetyConfig | None = None,
         clock: Clock = monotonic_ms,
         sink: EventSink | None = None,
+        identity_calls: Callable[[], int] | None = None,
     ) -> None:
+        """`identity_calls` reads the count where the identity kernel runs elsewhere (a slot's forward)."""
         self.instance_id = instance_id
         self.slot_id = slot_id
-        self.max_duration_ms = max_duration_ms
+        self.config = config or ProductionSafetyConfig()
         self._clock = clock
         self._sink: EventSink = sink or NullSink()
         self._state: Paused | None = None
         self._lock = threading.Lock()
-        self.identity_calls = 0
+        self._identity_calls = 0
+        self._read_identity_calls = identity_calls
+
+    @property
+    def max_duration_ms(self) -> int:
+        return self.config.max_pause_duration_ms
+
+    @property
+    def identity_calls(self) -> int:
+        """Forwards served by the identity kernel so far."""
+        read = self._read_identity_calls
+        return read() if read is not None else self._identity_calls
 
     @property
     def is_paused(self) -> bool:
@@ -97,19 +135,31 @@ class PauseController:
         return self._state
 
     def enter_pause_with_identity_kernel(
-        self, reason: str, quota_ms: int = 1000, max_duration_ms: float | None = None, command_id: str = ""
+        self, reason: str, quota_ms: int | None = None, max_duration_ms: float | None = None, command_id: str = ""
     ) -> bool:
-        """Enter a pause allowed to last min(max_duration_ms, the configured maximum); False when already paused."""
+        """Enter a pause allowed to last the smallest of max_duration_ms, the quota granted (quota_ms) and the
+        configured maximum (None: not given). False when already paused; InvalidPauseError for a quota or maximum
+        that is not positive; PauseRefusedError when the configuration disables pauses."""
+        problems = pause_request_problems(quota_ms, max_duration_ms)
+        if problems:
+            raise InvalidPauseError("; ".join(problems))
+        refusal = pause_refusal(self.config)
+        if refusal is not None:
+            raise PauseRefusedError(f"pause refused on {self._where()}: {refusal}")
         now = self._clock()
-        allowed = min(self.max_duration_ms, max_duration_ms or self.max_duration_ms)
+        allowed = min(
+            self.max_duration_ms,
+            self.max_duration_ms if max_duration_ms is None else max_duration_ms,
+            self.max_duration_ms if quota_ms is None else quota_ms,
+        )
         with self._lock:
-            self._state, entered = pause_enter(self._state, now, reason, allowed, quota_ms, command_id)
+            self._state, entered = pause_enter(self._state, now, reason, allowed, quota_ms or 0, command_id)
         if entered:
             detail = pb.PauseEntered(
                 instance_id=self.instance_id,
                 slot_id=self.slot_id,
                 reason=reason,
-                quota_ms=quota_ms,
+                quota_ms=quota_ms or 0,
                 identity_kernel_active=True,
                 max_duration_ms=int(allowed),
                 command_id=command_id,
@@ -144,7 +194,7 @@ class PauseController:
         """The identity kernel: the input itself, values unchanged. Raises NotPausedError outside a pause."""
         if self._state is None:
             raise NotPausedError(f"identity kernel used outside a pause on {self._where()}")
-        self.identity_calls += 1
+        self._identity_calls += 1
         return x
 
     def get_pause_stats(self) -> dict[str, Any]:
@@ -191,7 +241,11 @@ class QuotaDecision:
 def quota_request(
     state: QuotaState, now_ms: float, requested: int, max_quota: int, interval_ms: int
 ) -> tuple[QuotaState, QuotaDecision, int | None]:
-    """(new state, decision, the previous interval's use when the interval rolled over before deciding, else None)."""
+    """(new state, decision, the previous interval's use when the interval rolled over before deciding, else None).
+    A request below 1 ms is an InvalidPauseError (a negative one would otherwise be granted in full)."""
+    problems = pause_request_problems(requested, None)
+    if problems:
+        raise InvalidPauseError("; ".join(problems))
     reset_from: int | None = None
     if now_ms - state.window_start_ms >= interval_ms:
         reset_from = state.used
@@ -208,19 +262,20 @@ def quota_request(
 
 
 class PauseQuota:
-    """Server-side pause-quota enforcement: at most `max_quota` ms of pause per `interval_ms`."""
+    """Server-side pause-quota enforcement: at most `max_pause_quota` ms of pause per
+    `pause_quota_reset_interval_ms` (both from the config)."""
 
     def __init__(
         self,
-        max_quota: int = 10_000,
-        interval_ms: int = 60_000,
+        config: ProductionSafetyConfig | None = None,
         *,
         clock: Clock = monotonic_ms,
         sink: EventSink | None = None,
         source_id: str = "",
     ) -> None:
-        self.max_quota = max_quota
-        self.interval_ms = interval_ms
+        config = config or ProductionSafetyConfig()
+        self.max_quota = config.max_pause_quota
+        self.interval_ms = config.pause_quota_reset_interval_ms
         self._clock = clock
         self._sink: EventSink = sink or NullSink()
         self._source_id = source_id

@@ -29,7 +29,7 @@ from torch import nn
 from esper.proto import leyline_pb2 as pb
 from esper.safety.breaker import CircuitBreaker, CircuitState, Transition
 from esper.safety.clock import Clock, monotonic_ms
-from esper.safety.config import GraftingConfig
+from esper.safety.config import GraftingConfig, ProductionSafetyConfig
 from esper.safety.events import EventSink, NullSink, safety_event
 from esper.safety.exceptions import IllegalTransitionError
 from esper.safety.pause import PauseController
@@ -182,6 +182,7 @@ class SeedSlot(nn.Module):
 
     seed: nn.Module
     control: torch.Tensor
+    identity_calls: torch.Tensor
 
     def __init__(
         self,
@@ -190,7 +191,7 @@ class SeedSlot(nn.Module):
         *,
         instance_id: str = "",
         config: GraftingConfig | None = None,
-        max_pause_duration_ms: float = 30_000,
+        safety: ProductionSafetyConfig | None = None,
         sink: EventSink | None = None,
         clock: Clock = monotonic_ms,
     ) -> None:
@@ -202,11 +203,18 @@ class SeedSlot(nn.Module):
         self._sink: EventSink = sink or NullSink()
         # train flag, blend flag, alpha, paused: one buffer, one in-place write per change, no recompiles
         self.register_buffer("control", torch.zeros(4))
+        # forwards served by the identity kernel, counted in the graph (no Python state, no sync per step)
+        self.register_buffer("identity_calls", torch.zeros((), dtype=torch.int64), persistent=False)
         self.stage = SeedStage.DORMANT
         self.steps_in_stage = 0
         self._lock = threading.RLock()
         self.pause = PauseController(
-            instance_id, slot_id, max_duration_ms=max_pause_duration_ms, clock=clock, sink=self._sink
+            instance_id,
+            slot_id,
+            config=safety,
+            clock=clock,
+            sink=self._sink,
+            identity_calls=lambda: int(self.identity_calls),
         )
 
     # -- forward (no Python state read here: everything comes from the control buffer) ---------------------
@@ -216,7 +224,9 @@ class SeedSlot(nn.Module):
         # The seed runs in every stage (a static graph), but it is connected to the host only where it contributes
         # (blending on, not paused). Elsewhere the host's gradient is selected by torch.where, never multiplied by
         # zero: a broken seed's NaN/inf would survive 0 * NaN and poison the host.
-        contributes = (ctl[_BLEND] > 0) & (ctl[_PAUSED] <= 0)
+        paused = ctl[_PAUSED] > 0
+        self.identity_calls.add_(paused.to(torch.int64))
+        contributes = (ctl[_BLEND] > 0) & ~paused
         seed_in = torch.where(contributes, x, x.detach()).contiguous()
         s = self.seed(seed_in)
         local_loss = torch.where(ctl[_TRAIN] > 0, (s - seed_in.detach()).pow(2).mean(), 0.0)
@@ -330,9 +340,10 @@ class SeedSlot(nn.Module):
         return self.pause.is_paused
 
     def pause_enter(
-        self, reason: str, quota_ms: int = 1000, max_duration_ms: float | None = None, command_id: str = ""
+        self, reason: str, quota_ms: int | None = None, max_duration_ms: float | None = None, command_id: str = ""
     ) -> bool:
-        """The identity kernel from the next forward on; False when already paused."""
+        """The identity kernel from the next forward on, for at most the smallest of max_duration_ms, quota_ms and
+        the configured max_pause_duration_ms; False when already paused (see PauseController)."""
         entered = self.pause.enter_pause_with_identity_kernel(reason, quota_ms, max_duration_ms, command_id)
         self._sync_pause()
         return entered

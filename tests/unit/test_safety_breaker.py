@@ -366,6 +366,13 @@ def test_registry_holds_the_spec_breakers_with_their_thresholds() -> None:
     assert other["kernel_loading"] is not reg["kernel_loading"]  # no shared singletons
 
 
+def test_other_breakers_of_a_spec_registry_open_for_circuit_breaker_timeout_ms() -> None:
+    assert BreakerRegistry.with_spec_breakers().get_or_create("custom").config.timeout_ms == 60_000
+    reg = BreakerRegistry.with_spec_breakers(ProductionSafetyConfig(circuit_breaker_timeout_ms=5000))
+    assert reg.get_or_create("custom").config.timeout_ms == 5000
+    assert CircuitBreakerConfig().timeout_ms == ProductionSafetyConfig().circuit_breaker_timeout_ms  # one default
+
+
 # ---------------------------------------------------------------- property test against a reference model
 
 

@@ -166,6 +166,13 @@ def test_teacher_memory_defaults_to_cuda_memory_when_the_teacher_lives_there(mon
     assert read_memory(nn.Linear(2, 2)).source == "process"  # a teacher kept on the CPU
 
 
+def test_teacher_memory_monitoring_off_reads_and_reports_nothing() -> None:
+    sink = MemorySink()
+    m = manager(sink, teacher_memory_monitoring=False)
+    assert m.monitor_teacher_memory(100.0) and m.monitor_teacher_memory(limit_gb=0.000001)
+    assert sink.events == [] and m.teacher_memory_breaker.get_stats().total_calls == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_teacher_memory_on_a_real_gpu_counts_the_teachers_tensors() -> None:
     before = read_memory().gb

@@ -7,8 +7,9 @@ import torch
 
 from esper.proto import leyline_pb2 as pb
 from esper.safety.clock import ManualClock
+from esper.safety.config import ProductionSafetyConfig
 from esper.safety.events import MemorySink
-from esper.safety.exceptions import NotPausedError
+from esper.safety.exceptions import InvalidPauseError, NotPausedError, PauseRefusedError
 from esper.safety.pause import (
     PauseController,
     PauseQuota,
@@ -46,7 +47,7 @@ def test_identity_kernel_returns_the_input_itself_only_while_paused() -> None:
 def test_pause_expires_after_its_maximum_duration() -> None:
     clock = ManualClock()
     sink = MemorySink()
-    p = PauseController("k1", max_duration_ms=1000, clock=clock, sink=sink)
+    p = PauseController("k1", config=ProductionSafetyConfig(max_pause_duration_ms=1000), clock=clock, sink=sink)
     p.enter_pause_with_identity_kernel("x", max_duration_ms=400)
     clock.advance(399)
     assert not p.expire_if_due() and p.is_paused
@@ -59,10 +60,43 @@ def test_pause_expires_after_its_maximum_duration() -> None:
 
 def test_configured_maximum_caps_a_command_asking_for_more() -> None:
     clock = ManualClock()
-    p = PauseController("k1", max_duration_ms=100, clock=clock)
+    p = PauseController("k1", config=ProductionSafetyConfig(max_pause_duration_ms=100), clock=clock)
     p.enter_pause_with_identity_kernel("x", max_duration_ms=10_000)
     clock.advance(100)
     assert p.expire_if_due()
+    p.enter_pause_with_identity_kernel("x")  # no maximum given: the configured one
+    clock.advance(99)
+    assert not p.expire_if_due()
+    clock.advance(1)
+    assert p.expire_if_due()
+
+
+def test_the_quota_granted_bounds_the_pause() -> None:
+    clock = ManualClock()
+    sink = MemorySink()
+    p = PauseController("k1", clock=clock, sink=sink)
+    p.enter_pause_with_identity_kernel("x", quota_ms=250, max_duration_ms=10_000)
+    assert sink.of_kind("pause_entered")[0].pause_entered.max_duration_ms == 250
+    clock.advance(249)
+    assert not p.expire_if_due()
+    clock.advance(1)
+    assert p.expire_if_due()
+
+
+@pytest.mark.parametrize(("quota_ms", "max_duration_ms"), [(-5000, None), (0, None), (None, -1), (None, 0), (1, 0.0)])
+def test_a_pause_with_values_out_of_range_is_a_typed_error(quota_ms: int | None, max_duration_ms: float | None) -> None:
+    p = PauseController("k1", clock=ManualClock())
+    with pytest.raises(InvalidPauseError):
+        p.enter_pause_with_identity_kernel("x", quota_ms=quota_ms, max_duration_ms=max_duration_ms)
+    assert not p.is_paused
+
+
+@pytest.mark.parametrize("switch", ["pause_semantics_enabled", "identity_kernel_enabled"])
+def test_a_configuration_without_pauses_refuses_them(switch: str) -> None:
+    p = PauseController("k1", config=ProductionSafetyConfig(**{switch: False}), clock=ManualClock())
+    with pytest.raises(PauseRefusedError, match=switch):
+        p.enter_pause_with_identity_kernel("x")
+    assert not p.is_paused
 
 
 def test_exit_reports_duration_and_cause() -> None:
@@ -77,6 +111,16 @@ def test_exit_reports_duration_and_cause() -> None:
     assert p.exit_pause(command_id="c1")
     assert sink.of_kind("pause_exited")[0].pause_exited.command_id == "c1"
     assert p.get_pause_stats()["is_paused"] is False
+
+
+def test_a_quota_request_below_1_ms_is_a_typed_error_not_a_grant() -> None:
+    for requested in (-5000, 0):
+        with pytest.raises(InvalidPauseError):
+            quota_request(QuotaState(0, 0), 0, requested, 1000, 60_000)
+    q = PauseQuota(clock=ManualClock())
+    with pytest.raises(InvalidPauseError):
+        q.request_pause_quota(-5000)
+    assert q.remaining == 10_000
 
 
 def test_quota_full_partial_denied_and_reset() -> None:
@@ -94,7 +138,8 @@ def test_quota_full_partial_denied_and_reset() -> None:
 def test_quota_shell_reports_every_decision_and_reset() -> None:
     clock = ManualClock()
     sink = MemorySink()
-    q = PauseQuota(1000, 60_000, clock=clock, sink=sink)
+    config = ProductionSafetyConfig(max_pause_quota=1000, pause_quota_reset_interval_ms=60_000)
+    q = PauseQuota(config, clock=clock, sink=sink)
     assert q.request_pause_quota(1500).granted == 1000
     assert q.request_pause_quota(1).granted == 0
     clock.advance(60_000)
@@ -103,3 +148,12 @@ def test_quota_shell_reports_every_decision_and_reset() -> None:
     assert outcomes == [pb.QUOTA_PARTIAL, pb.QUOTA_DENIED, pb.QUOTA_FULL]
     (reset,) = sink.of_kind("quota_reset")
     assert reset.quota_reset.previous_used == 1000
+
+
+def test_quota_defaults_come_from_the_config() -> None:
+    clock = ManualClock()
+    q = PauseQuota(ProductionSafetyConfig(max_pause_quota=300, pause_quota_reset_interval_ms=1000), clock=clock)
+    assert q.request_pause_quota(500).granted == 300
+    clock.advance(1000)
+    assert q.request_pause_quota(500).granted == 300
+    assert (PauseQuota().max_quota, PauseQuota().interval_ms) == (10_000, 60_000)  # the spec's, via the config

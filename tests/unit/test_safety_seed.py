@@ -15,7 +15,7 @@ from torch._dynamo.utils import counters
 from esper.proto import leyline_pb2 as pb
 from esper.safety.breaker import CircuitBreaker, CircuitBreakerConfig
 from esper.safety.clock import ManualClock
-from esper.safety.config import GraftingConfig
+from esper.safety.config import GraftingConfig, ProductionSafetyConfig
 from esper.safety.events import MemorySink
 from esper.safety.exceptions import IllegalTransitionError
 from esper.safety.seed import SeedMetrics, SeedSlot, SeedStage, alpha_at, decide
@@ -292,7 +292,7 @@ def test_a_broken_seed_cannot_touch_the_host_where_it_does_not_contribute(where:
 def test_paused_slot_is_the_identity_and_resumes_by_itself() -> None:
     clock = ManualClock()
     sink = MemorySink()
-    slot = make_slot(sink, clock, max_pause_duration_ms=500)
+    slot = make_slot(sink, clock, safety=ProductionSafetyConfig(max_pause_duration_ms=500))
     to_blending(slot)
     for _ in range(CFG.fixed_steps):
         slot.advance()
@@ -307,6 +307,19 @@ def test_paused_slot_is_the_identity_and_resumes_by_itself() -> None:
     slot.advance()
     assert not slot.is_paused and not torch.equal(slot(x), x)
     assert sink.of_kind("pause_exited")[0].pause_exited.cause == "expired"
+
+
+def test_a_slot_counts_the_forwards_its_identity_kernel_served() -> None:
+    slot = make_slot()
+    to_blending(slot)
+    x = torch.randn(3, 16)
+    slot(x)
+    slot.pause_enter("ops")
+    for _ in range(3):
+        slot(x)
+    slot.pause_exit()
+    slot(x)
+    assert slot.pause.identity_calls == 3 and slot.pause.get_pause_stats()["identity_calls"] == 3
 
 
 def test_compiled_host_does_not_recompile_when_slots_change_behaviour() -> None:
@@ -341,6 +354,7 @@ def test_compiled_host_does_not_recompile_when_slots_change_behaviour() -> None:
     slot.pause_enter("ops")
     paused_out = compiled(x)
     assert torch.allclose(paused_out, host.b(torch.relu(host.a(x))))  # identity at the slot
+    assert slot.pause.identity_calls == 1  # counted inside the compiled graph
     slot.pause_exit()
     step()
     slot.cull("test")

@@ -8,6 +8,7 @@ import torch
 from esper.proto import leyline_pb2 as pb
 from esper.safety.breaker import BreakerRegistry
 from esper.safety.checkpoint import CheckpointSafetyManager
+from esper.safety.config import ProductionSafetyConfig
 from esper.safety.events import MemorySink
 from esper.safety.timing import (
     HardwareAwareTimingValidator,
@@ -67,6 +68,27 @@ def test_checkpoint_timing_defers_to_the_checkpoint_manager_beyond_expectation()
     assert v.validate_checkpoint_timing(12.3, 10.0)  # 2.3 ms <= 2.0 * 1.2
     assert v.validate_checkpoint_timing(30.0, 20.0) is False  # +10 ms, +50%: critical
     assert sink.of_kind("checkpoint_overhead")[0].checkpoint_overhead.critical
+
+
+def test_checkpoint_timing_without_a_manager_is_a_reported_timing_violation() -> None:
+    sink = MemorySink()
+    v = HardwareAwareTimingValidator(profile_for_gpu("RTX"), sink=sink)
+    assert v.validate_checkpoint_timing(12.3, 10.0)
+    assert v.validate_checkpoint_timing(30.0, 20.0) is False
+    (e,) = sink.of_kind("timing_violation")
+    assert (e.timing_violation.operation, e.timing_violation.actual_ms) == ("checkpoint_overhead_ms", 10.0)
+    assert e.timing_violation.adjusted_constraint_ms == pytest.approx(2.4)
+
+
+def test_without_timing_constraint_enforcement_violations_are_reported_but_pass() -> None:
+    sink = MemorySink()
+    config = ProductionSafetyConfig(timing_constraint_enforcement=False)
+    v = HardwareAwareTimingValidator(profile_for_gpu("RTX"), config=config, sink=sink)
+    assert v.validate_timing_constraint(50.0, 10.0, "kernel_fetch")
+    assert v.validate_teacher_loading_time(60_000)
+    assert v.validate_checkpoint_timing(30.0, 20.0)
+    kinds = [e.WhichOneof("detail") for e in sink.events]
+    assert kinds == ["timing_violation", "teacher_loading_timeout", "timing_violation"]
 
 
 def test_standardized_metrics_become_metric_points() -> None:
