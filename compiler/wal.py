@@ -118,7 +118,7 @@ def recover(
     verify_payload_sha: bool = False,
     keep_payloads: bool = False,
 ) -> RecoveryReport:
-    """Scan every segment, oldest first; with `repair`, cut a torn tail (and sync the cut) and delete stray tmp files.
+    """Scan every segment, oldest first; with `repair`, delete stray tmp files, cut a torn tail, sync what it accepted.
 
     Never raises on bad bytes: corruption is reported (scanning stops there) and the caller decides.
     Running it again after it (or a crash during it) yields the same records.
@@ -133,9 +133,9 @@ def recover(
     if repair and tmps:
         for n in tmps:
             fs.unlink(os.path.join(path, n))
-        fs.fsync_dir(path)
         report.deleted_tmp = tmps
     segs = sorted((sid, n) for n in names if (sid := _segment_id(n)) is not None)
+    accepted: list[tuple[str, int, int | None]] = []  # (path, size, torn-tail cut)
     state: ScanState | None = None
     for i, (sid, name) in enumerate(segs):
         full = os.path.join(path, name)
@@ -156,19 +156,26 @@ def recover(
         report.checkpoints.extend(scan.checkpoints)
         report.findings.append(scan.finding)
         report.last_segment_id = sid
-        if scan.finding.kind == "corruption":
-            state = scan.state
-            break
         state = scan.state
-        cut = scan.finding.truncate_to
-        if cut is not None and repair and size > cut:
+        if scan.finding.kind == "corruption":
+            break
+        accepted.append((full, size, scan.finding.truncate_to))
+    if repair and report.corruption is None:
+        # What was read may be only in the page cache (a killed writer's unsynced batch, a cut whose fsync failed):
+        # make it durable before a writer chains a new segment to it, or a power cut leaves a gap behind acked records.
+        for full, size, cut in accepted:
             fd = fs.open_rw(full)
             try:
-                fs.ftruncate(fd, cut)
-                fs.fsync(fd)  # the cut must be durable before a new segment follows this one
+                if cut is not None and size > cut:
+                    fs.ftruncate(fd, cut)
+                    report.truncated.append((os.path.basename(full), size, cut))
+                    fs.fsync(fd)
+                else:
+                    fs.fdatasync(fd)  # a no-op on the disk when already synced
             finally:
                 fs.close(fd)
-            report.truncated.append((name, size, cut))
+    if repair and (tmps or accepted):
+        fs.fsync_dir(path)  # the tmp deletions, and the names of the accepted segments (a rename not yet synced)
     if state is not None:
         report.wal_uuid = uuid.UUID(bytes=state.wal_uuid).hex
     report.state = state
@@ -247,7 +254,7 @@ class Wal:
         try:
             if not fs.exists(path):
                 fs.mkdir(path)
-                fs.fsync_dir(os.path.dirname(os.path.abspath(path)))
+            fs.fsync_dir(os.path.dirname(os.path.abspath(path)))  # every time: an earlier open may have died before it
             report = recover(path, fs, repair=True, verify_payload_sha=config.verify_payload_sha)
         except OSError as e:  # a failed cut or directory sync: nothing to trust yet, the caller reopens later
             raise WalIOError(f"recovering {path} failed: {e}") from e

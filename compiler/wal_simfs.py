@@ -4,6 +4,8 @@
 and the namespace operations since. `crash_images()` returns what a disk could hold after a power cut right now:
 prefixes, subsets and reorderings of the unsynced writes, torn at 512-byte sectors, with the unsynced namespace
 operations applied as a prefix (ordered metadata journal). Synced data always survives; unsynced data may not.
+`process_crash()` is a kill -9 instead: a new SimFs over the same page cache, the unsynced writes still pending, so
+a later power cut can still drop what the killed process wrote but never synced.
 
 `FaultFs` wraps a `SimFs` and makes call k of a kind fail (EIO from a sync, ENOSPC or a short write from a write;
 a short write stops at a 512-byte boundary of the file, as block allocation does).
@@ -243,8 +245,21 @@ class SimFs:
             else:  # the source's link was not durable yet: the rename brings the inode under the new name
                 names[p2] = ino
 
+    def process_crash(self, on_op: Callable[[SimFs, str], None] | None = None) -> SimFs:
+        """A kill -9 now: the same files with their unsynced writes and namespace operations still pending (the page
+        cache survives the process, not a power cut), and no open descriptors. The next process runs on the copy."""
+        with self._lock:
+            fs = SimFs(on_op=on_op)
+            fs.inodes = {i: _Inode(bytearray(n.data), n.durable, list(n.pending)) for i, n in self.inodes.items()}
+            fs.names, fs.durable_names = dict(self.names), dict(self.durable_names)
+            fs.dirs, fs.durable_dirs = set(self.dirs), set(self.durable_dirs)
+            fs.ns_pending = list(self.ns_pending)
+            fs._next_ino = itertools.count(max(self.inodes, default=0) + 1)
+            return fs
+
     def volatile_image(self) -> CrashImage:
-        """What a process crash (kill -9) leaves: the page cache survives, everything written is there."""
+        """What a process crash (kill -9) leaves: everything written. A SimFs started from an image treats it all as
+        synced; `process_crash` keeps the unsynced part pending."""
         with self._lock:
             return CrashImage(
                 {p: bytes(self.inodes[i].data) for p, i in self.names.items()}, frozenset(self.dirs), "volatile"

@@ -1,4 +1,5 @@
-"""C2, C9, C10, C11: simulated power loss at every syscall index, and the broken WALs the simulator must catch."""
+"""C2, C9, C10, C11: simulated power loss at every syscall index (also after a kill -9 and a reopen), and the broken
+WALs the simulator must catch."""
 
 from __future__ import annotations
 
@@ -85,6 +86,47 @@ def test_c2_power_loss_at_every_syscall_loses_no_acked_record() -> None:
     assert res.lost == 0 and res.corrupted_accepted == 0 and res.false_corruption == 0
     assert res.unacked_recovered > 0  # the simulator does persist unsynced writes sometimes
     assert res.classes["torn_tail"] > 0  # and tears them
+
+
+def _kill_then_power_loss(res: Result, seed: int, plan: list[tuple[int, int]]) -> None:
+    """kill -9 before each syscall of the workload; a new writer opens the page cache it left (unsynced writes still
+    pending), appends and acknowledges; then a power cut at every syscall of that writer must keep every ack."""
+    acks: list[Ack] = []
+    known: set[bytes] = set()
+    rng = random.Random(seed)
+
+    def kill_here(fs: SimFs, kind: str) -> None:
+        k = len(fs.trace)
+        after = [Ack(lsn, p, 0, -1) for lsn, p in acked_at(fs, acks).items()]  # acked before the kill: kept too
+
+        def power_cut_here(fs2: SimFs, kind2: str) -> None:
+            run_matrix_point(fs2, after, known, res, rng, SAMPLES_AFTER_KILL, 0)
+
+        fs2 = fs.process_crash(on_op=power_cut_here)
+        wal = Wal.open(WAL_DIR, CTX, config=WalConfig(segment_size=8192, checkpoint_every=5), fs=fs2)
+        for i, (n, size) in enumerate(AFTER_KILL):
+            ps = [stress_payload(8, k * 100 + i * 10 + j, size) for j in range(n)]
+            known.update(ps)
+            lsns = wal.append_batch([Entry(RecordType.DATA, bytes(16), p) for p in ps])
+            after.extend(Ack(lsn, p, len(fs2.trace), wal._seg_id) for lsn, p in zip(lsns, ps, strict=True))
+        wal.close()
+        fs2.on_op = None
+        run_matrix_point(fs2, after, known, res, rng, SAMPLES_AFTER_KILL, 0)
+
+    workload(SimFs(on_op=kill_here), acks, known, plan=plan)
+
+
+AFTER_KILL = [(2, 300), (1, 700), (3, 1500)]  # the new writer's batches: the last one rolls a segment
+SAMPLES_AFTER_KILL = 16 if LONG else 4
+
+
+def test_c2_kill9_then_reopen_and_append_then_power_loss_loses_no_acked_record() -> None:
+    res = Result("C2 kill -9 at every syscall, reopen + append, power loss", power_loss=True)
+    for plan in _plans(4)[: None if LONG else 1]:
+        _kill_then_power_loss(res, 4, plan)
+    _results.append(res)
+    assert res.runs > 1000 and res.acked > 0
+    assert res.lost == 0 and res.corrupted_accepted == 0 and res.false_corruption == 0
 
 
 def test_c9_directory_fsync_precedes_first_ack_in_every_new_segment() -> None:

@@ -31,7 +31,7 @@ from esper.compiler.wal_format import (
     merkle_root,
     padded,
 )
-from esper.compiler.wal_simfs import FaultFs, SimFs
+from esper.compiler.wal_simfs import FaultFs, SimCrash, SimFs
 
 CTX = {"compiler": "0.1", "torch": "2.8.0", "flags": "", "device": "cpu"}
 D = "/w/log"
@@ -102,7 +102,8 @@ def test_torn_tail_is_cut_and_synced_and_recovery_is_idempotent() -> None:
     end = recover(D, fs, repair=False).findings[-1].offset
     ino.data[end : end + 200] = b"\x01" * 200  # a torn header prefix: its sentinel and CRC are still zero
     first = recover(D, fs)
-    assert first.torn_tail is not None and first.truncated and fs.trace[-1][0] == "fsync"
+    kinds = [k for k, _ in fs.trace]
+    assert first.torn_tail is not None and first.truncated and kinds[-3:] == ["ftruncate", "fsync", "fsync_dir"]
     second = recover(D, fs)
     assert second.torn_tail is None and not second.truncated
     assert [r.lsn for r in first.records] == [r.lsn for r in second.records]
@@ -122,6 +123,51 @@ def test_damage_to_a_synced_batch_is_corruption_when_a_later_batch_left_bytes_af
     report = recover(D, fs)
     assert report.corruption is not None and report.corruption.offset == offsets[9]
     assert not report.truncated and report.last_lsn == 8
+
+
+def test_recovery_makes_a_killed_writers_unsynced_batch_durable_before_building_on_it() -> None:
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    wal.data(b"j" * 16, b"synced")
+
+    def kill_before_sync(fs: SimFs, kind: str) -> None:
+        if kind == "fdatasync":
+            raise SimCrash(kind)
+
+    fs.on_op = kill_before_sync
+    with pytest.raises(SimCrash):  # written, in the page cache, never synced
+        wal.data(b"j" * 16, b"written")
+    after_kill = fs.process_crash()
+    wal = Wal.open(D, CTX, config=CFG, fs=after_kill)
+    assert [r.payload_len for r in wal.recovery.records if r.type == RecordType.DATA] == [6, 7]  # it reads both
+    acked = wal.data(b"j" * 16, b"acked after the reopen")
+    wal.close()
+    power_cut = SimFs(after_kill.durable_image())
+    report = recover(D, power_cut)
+    assert report.corruption is None and acked in [r.lsn for r in report.records]
+
+
+def test_recovery_syncs_a_cut_whose_fsync_failed() -> None:
+    """The cut reached the page cache but its fsync failed (EIO): the next open sees nothing to cut, yet the disk
+    still holds the torn tail; syncing only when it cuts would chain a new segment to a tail a power cut revives."""
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    for i in range(3):
+        wal.data(bytes(16), stress_payload(0, i, 100))
+    wal.close()
+    path = f"{D}/wal-0000000000000000.seg"
+    end = recover(D, fs, repair=False).findings[-1].offset
+    fd = fs.open_rw(path)
+    fs.pwrite(fd, b"\x01" * 200, end)  # a torn header prefix, on the disk (as a power cut left it)
+    fs.fsync(fd)
+    fs.ftruncate(fd, end)  # recovery's cut, then EIO from its fsync: in the page cache only
+    fs.close(fd)
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    assert not wal.recovery.truncated  # nothing left to cut, as far as reads can tell
+    acked = wal.data(bytes(16), stress_payload(0, 3, 100))
+    wal.close()
+    report = recover(D, SimFs(fs.durable_image()))
+    assert report.corruption is None and acked in [r.lsn for r in report.records]
 
 
 def test_an_io_error_is_fatal_and_never_retried() -> None:
