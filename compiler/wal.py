@@ -327,12 +327,13 @@ class Wal:
             self._leader = True
             try:
                 self._write_batch([], with_checkpoint=True, reqs=[req])
+                lsn = self._next_lsn - 1  # read while still the leader: once released, the next batch moves it
             finally:
                 self._leader = False
                 self._cv.notify_all()
         if req.error is not None:
             raise req.error
-        return self._next_lsn - 1
+        return lsn
 
     def merkle_root(self) -> bytes:
         with self._lock:

@@ -12,6 +12,7 @@ import os
 import struct
 import sys
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -38,28 +39,32 @@ def stress_payload_ok(payload: bytes) -> bool:
     return payload == stress_payload(thread, seq, size)
 
 
+# inspect and verify read an existing WAL: a missing directory is a usage error (exit 2), never an empty, sound log.
+ExistingWal = Annotated[Path, typer.Argument(help="The WAL directory.", exists=True, file_okay=False)]
+
+
 @app.command("inspect")
 def inspect(
-    path: Annotated[str, typer.Argument(help="The WAL directory.")],
+    path: ExistingWal,
     records: Annotated[bool, typer.Option("--records/--no-records", help="List every record.")] = True,
 ) -> None:
     """Print the WAL as JSON (read-only): records, LSN range, checkpoints, Merkle root, torn tail or corruption."""
     from esper.compiler.wal import recover
 
-    report = recover(path, repair=False, verify_payload_sha=True)
+    report = recover(str(path), repair=False, verify_payload_sha=True)
     out = report.to_json(with_records=records)
     sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
 
 
 @app.command("verify")
-def verify(path: Annotated[str, typer.Argument(help="The WAL directory.")]) -> None:
+def verify(path: ExistingWal) -> None:
     """Check every record (CRC32C, chain, Merkle checkpoints, payload SHA-256) read-only; exit 1 on corruption.
 
     A torn tail is not corruption (recovery will cut it): it is reported and exits 0.
     """
     from esper.compiler.wal import recover
 
-    report = recover(path, repair=False, verify_payload_sha=True)
+    report = recover(str(path), repair=False, verify_payload_sha=True)
     c = report.corruption
     summary = {
         "ok": c is None,

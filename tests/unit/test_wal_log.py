@@ -282,6 +282,40 @@ def test_cli_stress_inspect_verify(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and json.loads(bad.stdout)["corruption"]
 
 
+@pytest.mark.parametrize("command", ["verify", "inspect"])
+def test_cli_refuses_a_missing_wal_directory(tmp_path: Path, command: str) -> None:
+    out = CliRunner().invoke(app, [command, str(tmp_path / "nonexistent")])
+    assert out.exit_code == 2 and "does not exist" in out.output and '"ok": true' not in out.output
+
+
+def test_checkpoint_returns_its_own_lsn_when_another_batch_follows_at_once() -> None:
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    wal.data(b"j" * 16, b"before")
+    follower: list[int] = []
+
+    class AppendOnRelease(threading.Condition):
+        """The moment checkpoint() releases the lock, another appender takes it and writes its batch."""
+
+        armed = False
+
+        def __exit__(self, *exc: object) -> None:
+            super().__exit__(*exc)
+            if self.armed:
+                self.armed = False
+                t = threading.Thread(target=lambda: follower.append(wal.data(b"j" * 16, b"after")))
+                t.start()
+                t.join()
+
+    cv = wal._cv = AppendOnRelease(wal._lock)
+    cv.armed = True
+    lsn = wal.checkpoint()
+    wal.close()
+    assert follower and follower[0] == lsn + 1
+    types = {r.lsn: r.type for r in recover(D, fs).records}
+    assert types[lsn] == RecordType.CHECKPOINT
+
+
 def test_writer_and_scan_match_the_reference_codec_field_by_field() -> None:
     """The writer's and the scan's inlined per-record code agree with the reference functions of WAL-FORMAT.md."""
     fs = SimFs()
