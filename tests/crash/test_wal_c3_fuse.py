@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,13 @@ from wal_crash_harness import LONG, Result, publish
 from esper.compiler.wal import RecordType, recover
 from esper.compiler.wal_cli import stress_payload_ok
 
-pytestmark = pytest.mark.skipif(not LONG, reason="long matrix only (ESPER_CRASH_LONG=1, `make crash`): needs FUSE")
+_NO_FUSE = [
+    w for w, ok in (("/dev/fuse", os.path.exists("/dev/fuse")), ("fusermount3", shutil.which("fusermount3"))) if not ok
+]
+pytestmark = [
+    pytest.mark.skipif(not LONG, reason="long matrix only (ESPER_CRASH_LONG=1, `make crash`): needs FUSE"),
+    pytest.mark.skipif(bool(_NO_FUSE), reason=f"C3 needs FUSE: no {' and no '.join(_NO_FUSE)} on this machine"),
+]
 
 RUNS = 40
 LAZYFS = str(Path(__file__).with_name("lazyfs.py"))

@@ -40,8 +40,6 @@ class Result:
     times_ms: list[float] = field(default_factory=list)
 
     def pct(self, q: float) -> float:
-        if not self.times_ms:
-            return 0.0
         s = sorted(self.times_ms)
         return s[min(len(s) - 1, int(q * len(s)))]
 
@@ -57,7 +55,7 @@ class Result:
             str(self.corrupted_accepted),
             str(self.false_corruption),
             cls,
-            f"{self.pct(0.5):.2f}/{self.pct(0.99):.2f}",
+            f"{self.pct(0.5):.2f}/{self.pct(0.99):.2f}" if self.times_ms else "n/a (no recovery run)",
             "yes" if self.power_loss else "no",
         ]
 
