@@ -7,12 +7,18 @@ broker never acknowledged; the total is published as the `kasmina_telemetry_drop
 
 Inbound: a background consumer of `leyline.control.pause`, in its own consumer group (every instance sees every
 command) starting at the end of the topic, applies PAUSE_ENTER / PAUSE_EXIT to the targeted slots within
-milliseconds and ends pauses whose time is up. A command that cannot be decoded or applied goes to the dead letters
-with a safety event; it never stops the consumer.
+milliseconds and ends pauses whose time is up. A PAUSE_ENTER spends pause quota (server-side enforcement from the
+ProductionSafetyConfig: full, partial or denied grants, each a safety event); the grant bounds the pause. A command
+that cannot be decoded, is invalid (a bad value, a wrong authorization token, an unknown slot) or is refused (no
+quota left, pauses disabled) goes to the dead letters with a CommandRejected safety event; it never stops the
+consumer.
+
+At start the client publishes the machine's hardware timing profile once (`timing` is its validator).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
@@ -27,10 +33,12 @@ from google.protobuf.message import Message
 
 from esper.proto import leyline_pb2 as pb
 from esper.safety.clock import monotonic_ms
+from esper.safety.config import ProductionSafetyConfig
 from esper.safety.events import metric_point, safety_event, telemetry_packet
-from esper.safety.exceptions import InvalidCommandError
-from esper.safety.pause import PauseQuota
+from esper.safety.exceptions import InvalidCommandError, PauseRefusedError
+from esper.safety.pause import PauseQuota, pause_refusal, pause_request_problems
 from esper.safety.seed import SeedSlot
+from esper.safety.timing import HardwareAwareTimingValidator, StandardizedPerformanceMetrics
 from esper.streams.consumer import LeylineConsumer, Record
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import CONTROL_PAUSE, SAFETY, TELEMETRY
@@ -72,32 +80,44 @@ class ClientStats:
 
 
 class KasminaClient:
-    """Publishes a training process's telemetry and safety events, and applies pause commands to its slots."""
+    """Publishes a training process's telemetry and safety events, and applies pause commands to its slots.
+
+    `safety` drives the pause quota (unless `quota` is given) and the timing validator; slots keep their own
+    config (pass the same one). `authorization_tokens`: when given, a command must carry one of them; None accepts
+    any command (a broker nobody else can write to)."""
 
     def __init__(
         self,
         bootstrap_servers: str,
         instance_id: str,
         *,
+        safety: ProductionSafetyConfig | None = None,
         slots: Iterable[SeedSlot] = (),
         quota: PauseQuota | None = None,
+        authorization_tokens: Iterable[str] | None = None,
         buffer_size: int = 10_000,
         consume_pause: bool = True,
         producer_overrides: Mapping[str, Any] | None = None,
         consumer_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.instance_id = instance_id
+        self.safety = safety or ProductionSafetyConfig()
         self._slots: dict[str, SeedSlot] = {s.slot_id: s for s in slots}
-        self._quota = quota
+        self._tokens = None if authorization_tokens is None else [t.encode() for t in authorization_tokens]
         self._buffer_size = buffer_size
         self._buffer: deque[tuple[str, Any]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._ready = threading.Event()  # the pause consumer holds its partition
         self._queued = 0
+        self._settled = 0  # items the publisher has handed to the producer or dropped
         self._buffer_dropped = 0
         self.commands_applied = 0
         self.commands_rejected = 0
+        self._quota = quota or PauseQuota(self.safety, sink=self, source_id=instance_id)
+        self._performance = StandardizedPerformanceMetrics({"instance": instance_id})
+        self.timing = HardwareAwareTimingValidator(config=self.safety, sink=self, source_id=instance_id)
+        self.timing.report_hardware_profile()
         self._producer = LeylineProducer(
             bootstrap_servers,
             producer_id=f"kasmina-{instance_id}",
@@ -144,6 +164,10 @@ class KasminaClient:
         """Queue metric values; the packet (with the drop counter) is built on the background thread."""
         self._enqueue("metrics", (dict(values), dict(labels) if labels else None))
 
+    def publish_performance(self, metrics: StandardizedPerformanceMetrics) -> None:
+        """Queue the latest value of each standardized `_ms` metric as one packet (with the drop counter)."""
+        self._enqueue("points", metrics.metric_points())
+
     def _enqueue(self, kind: str, item: Any) -> None:
         if len(self._buffer) >= self._buffer_size:
             self._buffer_dropped += 1
@@ -175,17 +199,22 @@ class KasminaClient:
             except Exception:  # a bad item must not stop telemetry; it is counted like any other loss
                 self._buffer_dropped += 1
                 log.exception("kasmina client could not publish a %s", kind)
+            finally:
+                self._settled += 1  # only now is it in the producer's queue (or lost): flush waits for this
 
     def _render(self, kind: str, item: Any) -> tuple[str, Message, str]:
         if kind == "safety":
             return SAFETY.name, item, f"kasmina/{self.instance_id}"
         if kind == "packet":
             return TELEMETRY.name, item, self.instance_id
-        values, labels = item
-        points = [
-            metric_point(name, float(v), "ms" if name.endswith("_ms") else "", labels=labels)
-            for name, v in values.items()
-        ]
+        if kind == "points":
+            points = list(item)
+        else:
+            values, labels = item
+            points = [
+                metric_point(name, float(v), "ms" if name.endswith("_ms") else "", labels=labels)
+                for name, v in values.items()
+            ]
         points.append(metric_point(DROPPED_METRIC, float(self.stats().dropped), "", pb.METRIC_COUNTER))
         return TELEMETRY.name, telemetry_packet(self.instance_id, metrics=points), self.instance_id
 
@@ -230,28 +259,49 @@ class KasminaClient:
         if cmd.target_instance != self.instance_id:
             return
         start = monotonic_ms()
-        self._apply_pause(cmd)  # an InvalidCommandError dead-letters the record, then _on_rejected reports it
+        # an InvalidCommandError or PauseRefusedError dead-letters the record, then _on_rejected reports it
+        self._apply_pause(cmd)
         self.commands_applied += 1
-        self.publish_metrics({"command_processing_time_ms": monotonic_ms() - start})
+        self._performance.record("command_processing_time_ms", monotonic_ms() - start)
+        self.publish_performance(self._performance)
 
-    def _apply_pause(self, cmd: pb.PauseCommand) -> None:
+    def _command_problems(self, cmd: pb.PauseCommand) -> list[str]:
+        problems = []
+        if self._tokens is not None:
+            token = cmd.authorization_token.encode()
+            if not any(hmac.compare_digest(token, t) for t in self._tokens):
+                problems.append("authorization_token missing or not accepted")
+        if cmd.action not in (pb.PAUSE_ENTER, pb.PAUSE_EXIT):
+            problems.append(f"no valid action ({cmd.action})")
         unknown = [s for s in cmd.target_slots if s not in self._slots]
         if unknown:
-            raise InvalidCommandError(f"unknown slot(s) {', '.join(unknown)} on {self.instance_id}")
+            problems.append(f"unknown slot(s) {', '.join(unknown)} on {self.instance_id}")
+        # proto3 cannot tell 0 from absent: 0 means "not given"; a negative value is an error
+        return problems + pause_request_problems(cmd.quota_ms or None, cmd.max_duration_ms or None)
+
+    def _apply_pause(self, cmd: pb.PauseCommand) -> None:
+        problems = self._command_problems(cmd)
+        if problems:
+            raise InvalidCommandError(f"pause command {cmd.command_id!r}: {'; '.join(problems)}")
         targets = [self._slots[s] for s in cmd.target_slots] if cmd.target_slots else list(self._slots.values())
-        if cmd.action == pb.PAUSE_ENTER:
-            requested = cmd.quota_ms or cmd.max_duration_ms or 1000
-            granted = requested if self._quota is None else self._quota.request_pause_quota(requested).granted
-            if granted <= 0:
-                return  # denied: the quota reported it; the command itself was valid
-            max_duration = min(granted, cmd.max_duration_ms) if cmd.max_duration_ms else granted
-            for slot in targets:
-                slot.pause_enter(cmd.reason or "pause command", granted, max_duration, cmd.command_id)
-        elif cmd.action == pb.PAUSE_EXIT:
+        if cmd.action == pb.PAUSE_EXIT:
             for slot in targets:
                 slot.pause_exit("command", cmd.command_id)
-        else:
-            raise InvalidCommandError(f"pause command {cmd.command_id!r} has no valid action ({cmd.action})")
+            return
+        to_pause = [slot for slot in targets if not slot.is_paused]
+        if not to_pause:
+            return  # already paused: the pause in force is kept and no quota is spent
+        refusal = pause_refusal(self.safety)
+        if refusal is not None:
+            raise PauseRefusedError(f"pause command {cmd.command_id!r} refused: {refusal}")
+        configured = self.safety.max_pause_duration_ms
+        max_duration = cmd.max_duration_ms or None
+        # the quota asked for: the command's, else the pause time it asks for (capped by the configuration)
+        decision = self._quota.request_pause_quota(cmd.quota_ms or min(max_duration or configured, configured))
+        if decision.granted <= 0:
+            raise PauseRefusedError(f"pause command {cmd.command_id!r} refused: no pause quota left")
+        for slot in to_pause:
+            slot.pause_enter(cmd.reason or "pause command", decision.granted, max_duration, cmd.command_id)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -268,12 +318,15 @@ class KasminaClient:
         )
 
     def flush(self, timeout_s: float = 10.0) -> int:
-        """Wait until the buffer is handed over and the producer has delivered; returns what is still queued."""
+        """Wait until everything queued so far is handed over and the producer has delivered; returns what is still
+        queued (in the buffer, being handed over, or in the producer)."""
         deadline = time.monotonic() + timeout_s
+        target = self._queued
         self._wake.set()
-        while self._buffer and time.monotonic() < deadline:
+        while self._settled < target and time.monotonic() < deadline:
             time.sleep(0.005)
-        return len(self._buffer) + self._producer.flush(max(0.0, deadline - time.monotonic()))
+        unsettled = target - self._settled
+        return max(0, unsettled) + self._producer.flush(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop listening, flush what is queued (up to timeout_s), release the Kafka clients."""

@@ -19,6 +19,7 @@ from esper.safety.client import KasminaClient
 from esper.safety.config import GraftingConfig
 from esper.safety.exceptions import IllegalTransitionError
 from esper.safety.seed import SeedSlot, SeedStage
+from esper.safety.timing import StandardizedPerformanceMetrics
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -74,11 +75,13 @@ def run_demo(
             nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width)),
             instance_id=instance_id,
             config=config,
+            safety=client.safety,
             sink=client,
         )
         client.add_slot(slot)
         host = nn.Sequential(nn.Linear(32, width), nn.GELU(), slot, nn.Linear(width, 1))
         optimizer = torch.optim.Adam(host.parameters(), lr=1e-2)
+        performance = StandardizedPerformanceMetrics({"instance": instance_id, "slot": slot.slot_id})
         client.wait_ready(30)
         for step in range(steps):
             target = plan.get(step)
@@ -86,16 +89,20 @@ def run_demo(
                 _enter(slot, target, losses, plan, refused)
             x = torch.randn(128, 32)
             y = torch.sin(x @ teacher)
-            loss = nn.functional.mse_loss(host(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            with performance.timed("training_step_time_ms"):
+                with performance.timed("forward_pass_time_ms"):
+                    loss = nn.functional.mse_loss(host(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
             slot.advance()
             losses.append(loss.item())
             client.publish_metrics(
                 {"loss": losses[-1], "alpha_blending_value": slot.metrics().alpha},
                 {"slot": slot.slot_id, "stage": slot.stage.name},
             )
+            if step % config.telemetry_reporting_frequency == 0:
+                client.publish_performance(performance)
             if on_step is not None:
                 on_step(step, losses[-1], slot.stage, slot.is_paused)
             if pace_ms:

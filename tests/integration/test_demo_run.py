@@ -55,12 +55,15 @@ def test_demo_grows_a_seed_and_obeys_a_pause_command(kafka_bootstrap: str, run_i
     assert result.pause_commands_applied == 2 and result.dropped == 0
 
     stages: list[int] = []
+    grants: list[tuple[int, int]] = []
     consumer = LeylineConsumer(kafka_bootstrap, f"demo-{run_id}", [SAFETY.name])
 
     def keep(record: Record) -> None:
         event = record.message
         if event.source_id == instance and event.WhichOneof("detail") == "seed_transition":
             stages.append(event.seed_transition.to_stage)
+        if event.source_id == instance and event.WhichOneof("detail") == "quota_decision":
+            grants.append((event.quota_decision.outcome, event.quota_decision.granted))
 
     try:
         deadline = time.monotonic() + 60
@@ -77,3 +80,5 @@ def test_demo_grows_a_seed_and_obeys_a_pause_command(kafka_bootstrap: str, run_i
         pb.SEED_PROBATIONARY,
         pb.SEED_FOSSILIZED,
     ]
+    # the pause asked for 60 s, capped at the configured 30 s maximum: more than the spec's 10 s quota per minute
+    assert grants == [(pb.QUOTA_PARTIAL, 10_000)]

@@ -1,8 +1,10 @@
 """The Kasmina client against the real broker: telemetry from a training loop with slots, pause commands typed into
-kafka-console-producer as JSON, and training that carries on while the broker is away (this test runs last)."""
+kafka-console-producer as JSON (authorised, metered by the pause quota, bad ones dead-lettered), and training that
+carries on while the broker is away, pause consumer included (this test runs last)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import uuid
@@ -14,7 +16,7 @@ from torch import nn
 
 from esper.proto import leyline_pb2 as pb
 from esper.safety.client import DROPPED_METRIC, KasminaClient
-from esper.safety.config import GraftingConfig
+from esper.safety.config import GraftingConfig, ProductionSafetyConfig
 from esper.safety.seed import SeedSlot, SeedStage
 from esper.settings import load_settings
 from esper.streams.broker import LocalBroker
@@ -25,6 +27,11 @@ from esper.streams.topics import CONTROL_PAUSE, SAFETY, TELEMETRY
 pytestmark = pytest.mark.broker
 
 CFG = GraftingConfig(fixed_steps=3, stabilization_epochs=1)
+# 150 s of pause per hour (no reset during a test, however slow the console producer), pauses of up to 10 minutes
+SAFETY_CFG = ProductionSafetyConfig(
+    max_pause_quota=150_000, pause_quota_reset_interval_ms=3_600_000, max_pause_duration_ms=600_000
+)
+TOKEN = "ops-token"
 
 
 class Host(nn.Module):
@@ -86,8 +93,8 @@ def train(host: Host, slot: SeedSlot, client: KasminaClient, steps: int) -> int:
 
 def make(bootstrap: str, run_id: str, **kw: object) -> tuple[KasminaClient, SeedSlot, Host]:
     instance = f"kasmina-test-{run_id}"
-    client = KasminaClient(bootstrap, instance, **kw)  # type: ignore[arg-type]
-    slot = SeedSlot("s0", nn.Linear(16, 16), instance_id=instance, config=CFG, sink=client)
+    client = KasminaClient(bootstrap, instance, safety=SAFETY_CFG, **kw)  # type: ignore[arg-type]
+    slot = SeedSlot("s0", nn.Linear(16, 16), instance_id=instance, config=CFG, safety=SAFETY_CFG, sink=client)
     client.add_slot(slot)
     return client, slot, Host(slot)
 
@@ -105,9 +112,10 @@ def test_training_loop_publishes_telemetry_and_seed_events(kafka_bootstrap: str,
     assert len(packets) == 20
     names = {m.name for p in packets for m in p.metrics}
     assert {"training_step_time_ms", "loss", DROPPED_METRIC} <= names
-    events = read_back(kafka_bootstrap, SAFETY.name, lambda r: r.message.source_id == client.instance_id, 3)
+    events = read_back(kafka_bootstrap, SAFETY.name, lambda r: r.message.source_id == client.instance_id, 4)
     stages = [e.seed_transition.to_stage for e in events if e.WhichOneof("detail") == "seed_transition"]
     assert stages == [pb.SEED_GERMINATED, pb.SEED_TRAINING, pb.SEED_BLENDING]
+    assert [e.WhichOneof("detail") for e in events].count("hardware_profile") == 1  # published once at start
     assert client.stats().dropped == 0
 
 
@@ -132,8 +140,14 @@ def json_line(key: str, body: str) -> str:
     return f"content-type:application/json,leyline-type:leyline.PauseCommand\t{key}\t{body}"
 
 
+def pause_json(me: str, action: str, token: str = TOKEN, **fields: object) -> str:
+    extra = "".join(f', "{k}": {json.dumps(v)}' for k, v in fields.items())
+    body = f'{{"action": "{action}", "target_instance": "{me}", "authorization_token": "{token}"{extra}}}'
+    return json_line(me, body)
+
+
 def test_console_producer_json_pauses_and_resumes_the_slot(kafka_bootstrap: str, run_id: str) -> None:
-    client, slot, host = make(kafka_bootstrap, run_id)
+    client, slot, host = make(kafka_bootstrap, run_id, authorization_tokens=[TOKEN])
     with client:
         assert client.wait_ready(60)
         slot.germinate()
@@ -147,46 +161,62 @@ def test_console_producer_json_pauses_and_resumes_the_slot(kafka_bootstrap: str,
         console_produce(
             kafka_bootstrap,
             [
-                json_line(me, '{"action": "PAUSE_ENTER", "target_instance": "' + me + '", "target_slots": ["nope"]}'),
-                json_line(me, "{not json"),
-                json_line("other", '{"action": "PAUSE_ENTER", "target_instance": "someone-else"}'),
-                json_line(
-                    me,
-                    '{"command_id": "c1", "action": "PAUSE_ENTER", "target_instance": "' + me + '", '
-                    '"reason": "operator", "max_duration_ms": 600000}',
-                ),
+                pause_json(me, "PAUSE_ENTER", target_slots=["nope"]),  # rejected: unknown slot
+                json_line(me, "{not json"),  # rejected: undecodable
+                json_line("other", '{"action": "PAUSE_ENTER", "target_instance": "someone-else"}'),  # not ours
+                pause_json(me, "PAUSE_ENTER", quota_ms=-5000),  # rejected: a negative quota
+                pause_json(me, "PAUSE_ENTER", token="guess"),  # rejected: not authorised
+                pause_json(me, "PAUSE_ENTER", command_id="c1", reason="operator", quota_ms=100_000),  # full grant
             ],
         )
         assert wait_for(lambda: slot.is_paused)
         assert torch.equal(slot(x), x)  # the identity kernel: the input's values, unchanged
-        assert wait_for(lambda: client.stats().commands_rejected == 2)
-        console_produce(kafka_bootstrap, [json_line(me, '{"action": "PAUSE_EXIT", "target_instance": "' + me + '"}')])
-        assert wait_for(lambda: not slot.is_paused)
-        assert not torch.equal(slot(x), x)
+        assert wait_for(lambda: client.stats().commands_rejected == 4)
+        console_produce(
+            kafka_bootstrap,
+            [
+                pause_json(me, "PAUSE_EXIT"),
+                pause_json(me, "PAUSE_ENTER", command_id="c2", quota_ms=100_000),  # 50 s left: a partial grant
+                pause_json(me, "PAUSE_EXIT"),
+                pause_json(me, "PAUSE_ENTER", command_id="c3", quota_ms=1000),  # no quota left: refused
+            ],
+        )
+        assert wait_for(lambda: client.stats().commands_rejected == 5)
+        assert not slot.is_paused and not torch.equal(slot(x), x)
+        assert client.stats().commands_applied == 4
         assert client.flush(20) == 0
-    events = read_back(kafka_bootstrap, SAFETY.name, lambda r: r.message.source_id == me, 7)
+    events = read_back(kafka_bootstrap, SAFETY.name, lambda r: r.message.source_id == me, 16)
     kinds = [e.WhichOneof("detail") for e in events]
-    assert kinds.count("command_rejected") == 2 and "pause_entered" in kinds and "pause_exited" in kinds
+    assert kinds.count("command_rejected") == 5 and kinds.count("pause_entered") == kinds.count("pause_exited") == 2
     rejected = [e.command_rejected for e in events if e.WhichOneof("detail") == "command_rejected"]
-    assert sorted(r.error_type for r in rejected) == ["InvalidCommandError", "MalformedPayloadError"]
+    assert sorted(r.error_type for r in rejected) == [
+        "InvalidCommandError",
+        "InvalidCommandError",
+        "InvalidCommandError",
+        "MalformedPayloadError",
+        "PauseRefusedError",
+    ]
     assert all(r.origin_topic == CONTROL_PAUSE.name for r in rejected)
+    grants = [(e.quota_decision.outcome, e.quota_decision.granted) for e in events if e.HasField("quota_decision")]
+    assert grants == [(pb.QUOTA_FULL, 100_000), (pb.QUOTA_PARTIAL, 50_000), (pb.QUOTA_DENIED, 0)]
     dead = read_back(
         kafka_bootstrap,
         "leyline.deadletter",
         lambda r: r.message.origin_topic == CONTROL_PAUSE.name and r.message.origin_key == me.encode(),
-        2,
+        5,
     )
-    assert len(dead) == 2
+    assert len(dead) == 5
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # no thread may die either
 def test_training_survives_the_broker_going_away(kafka_bootstrap: str, test_broker: LocalBroker, run_id: str) -> None:
     client, slot, host = make(
         kafka_bootstrap,
         run_id,
-        consume_pause=False,
         producer_overrides={"queue.buffering.max.messages": 20, "message.timeout.ms": 2000},
     )
     try:
+        assert client.wait_ready(60)  # the pause consumer is listening when the broker goes
         slot.germinate()
         slot.transition(SeedStage.TRAINING)
         train(host, slot, client, 5)
