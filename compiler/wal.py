@@ -135,7 +135,7 @@ def recover(
             fs.unlink(os.path.join(path, n))
         report.deleted_tmp = tmps
     segs = sorted((sid, n) for n in names if (sid := _segment_id(n)) is not None)
-    accepted: list[tuple[str, int, int | None]] = []  # (path, size, torn-tail cut)
+    accepted: list[tuple[str, int, int | None]] = []  # (segment, size, torn-tail cut)
     state: ScanState | None = None
     for i, (sid, name) in enumerate(segs):
         full = os.path.join(path, name)
@@ -159,16 +159,16 @@ def recover(
         state = scan.state
         if scan.finding.kind == "corruption":
             break
-        accepted.append((full, size, scan.finding.truncate_to))
+        accepted.append((name, size, scan.finding.truncate_to))
     if repair and report.corruption is None:
         # What was read may be only in the page cache (a killed writer's unsynced batch, a cut whose fsync failed):
         # make it durable before a writer chains a new segment to it, or a power cut leaves a gap behind acked records.
-        for full, size, cut in accepted:
-            fd = fs.open_rw(full)
+        for name, size, cut in accepted:
+            fd = fs.open_rw(os.path.join(path, name))
             try:
                 if cut is not None and size > cut:
                     fs.ftruncate(fd, cut)
-                    report.truncated.append((os.path.basename(full), size, cut))
+                    report.truncated.append((name, size, cut))
                     fs.fsync(fd)
                 else:
                     fs.fdatasync(fd)  # a no-op on the disk when already synced
