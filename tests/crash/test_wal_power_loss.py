@@ -29,6 +29,8 @@ from esper.compiler.wal_simfs import CrashImage, SimCrash, SimFs
 
 SAMPLES = 64 if LONG else 16
 REOPEN_EVERY = 1 if LONG else 5
+AFTER_KILL = [(2, 300), (1, 700), (3, 1500)]  # the batches of the writer after a kill -9: the last one rolls a segment
+SAMPLES_AFTER_KILL = 16 if LONG else 4
 
 
 class AckBeforeSyncWal(Wal):
@@ -114,10 +116,6 @@ def _kill_then_power_loss(res: Result, seed: int, plan: list[tuple[int, int]]) -
         run_matrix_point(fs2, after, known, res, rng, SAMPLES_AFTER_KILL, 0)
 
     workload(SimFs(on_op=kill_here), acks, known, plan=plan)
-
-
-AFTER_KILL = [(2, 300), (1, 700), (3, 1500)]  # the new writer's batches: the last one rolls a segment
-SAMPLES_AFTER_KILL = 16 if LONG else 4
 
 
 def test_c2_kill9_then_reopen_and_append_then_power_loss_loses_no_acked_record() -> None:
