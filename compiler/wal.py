@@ -32,8 +32,10 @@ from esper.compiler.wal_format import (
     LEAF_TAG,
     MAX_PAYLOAD,
     SEGMENT_BODY_SIZE,
+    SEGMENT_SUFFIX,
     ZERO_PADS,
     CheckpointBody,
+    Manifest,
     MerkleFrontier,
     RecordType,
     SegmentBody,
@@ -44,17 +46,26 @@ from esper.compiler.wal_format import (
     genesis_chain,
     padded,
     seal_header,
+    segment_name,
 )
-from esper.compiler.wal_scan import RecoveryReport, ScannedRecord, ScanState, scan_segment
+from esper.compiler.wal_scan import Finding, RecoveryReport, ScannedRecord, ScanState, retained_segments, scan_segment
 
-__all__ = ["ENTRY_TYPES", "Entry", "RecordType", "RecoveryReport", "Wal", "WalConfig", "recover", "segment_name"]
+__all__ = [
+    "ENTRY_TYPES",
+    "MANIFEST_NAME",
+    "Entry",
+    "RecordType",
+    "RecoveryReport",
+    "Wal",
+    "WalConfig",
+    "read_manifest",
+    "recover",
+    "segment_name",
+    "write_manifest",
+]
 
-SEGMENT_SUFFIX = ".seg"
 TMP_SUFFIX = ".tmp"
-
-
-def segment_name(segment_id: int) -> str:
-    return f"wal-{segment_id:016x}{SEGMENT_SUFFIX}"
+MANIFEST_NAME = "MANIFEST"
 
 
 def _segment_id(name: str) -> int | None:
@@ -64,6 +75,31 @@ def _segment_id(name: str) -> int | None:
         except ValueError:
             return None
     return None
+
+
+def read_manifest(fs: FileSystem, path: str) -> Manifest | str | None:
+    """The WAL's manifest, the reason it is unreadable, or None when there is none (nothing was ever retired)."""
+    full = os.path.join(path, MANIFEST_NAME)
+    if not fs.exists(full):
+        return None
+    with fs.mapped(full) as buf:
+        return Manifest.decode(bytes(buf))
+
+
+def write_manifest(fs: FileSystem, path: str, manifest: Manifest) -> None:
+    """Replace the manifest durably (WAL-NOTES rule 8): tmp, write, fsync, rename, fsync the directory."""
+    final = os.path.join(path, MANIFEST_NAME)
+    tmp = final + TMP_SUFFIX
+    data = manifest.encode()
+    fd = fs.open_create(tmp)
+    try:
+        if fs.pwrite(fd, data, 0) != len(data):
+            raise OSError(f"short write of {tmp}")
+        fs.fsync(fd)
+    finally:
+        fs.close(fd)
+    fs.rename(tmp, final)
+    fs.fsync_dir(path)
 
 
 @dataclass(frozen=True)
@@ -118,7 +154,8 @@ def recover(
     verify_payload_sha: bool = False,
     keep_payloads: bool = False,
 ) -> RecoveryReport:
-    """Scan every segment, oldest first; with `repair`, delete stray tmp files, cut a torn tail, sync what it accepted.
+    """Scan every retained segment, oldest first; with `repair`, delete stray tmp files and the segments the manifest
+    retired, cut a torn tail, sync what it accepted.
 
     Never raises on bad bytes: corruption is reported (scanning stops there) and the caller decides.
     Running it again after it (or a crash during it) yields the same records.
@@ -134,7 +171,15 @@ def recover(
         for n in tmps:
             fs.unlink(os.path.join(path, n))
         report.deleted_tmp = tmps
+    manifest = read_manifest(fs, path)
     segs = sorted((sid, n) for n in names if (sid := _segment_id(n)) is not None)
+    if isinstance(manifest, str):
+        segs, report.findings = [], [Finding(MANIFEST_NAME, 0, "corruption", f"manifest: {manifest}")]
+    else:
+        report.manifest = manifest
+        segs, report.retired, missing = retained_segments(segs, manifest)
+        if missing is not None:
+            report.findings.append(missing)
     accepted: list[tuple[str, int, int | None]] = []  # (segment, size, torn-tail cut)
     state: ScanState | None = None
     for i, (sid, name) in enumerate(segs):
@@ -146,6 +191,7 @@ def recover(
                 sid,
                 state,
                 is_last=i == len(segs) - 1,
+                manifest=report.manifest if i == 0 else None,
                 verify_payload_sha=verify_payload_sha,
                 keep_payloads=keep_payloads,
             )
@@ -156,10 +202,15 @@ def recover(
         report.checkpoints.extend(scan.checkpoints)
         report.findings.append(scan.finding)
         report.last_segment_id = sid
+        if scan.start is not None:
+            report.starts[sid] = scan.start
         state = scan.state
         if scan.finding.kind == "corruption":
             break
         accepted.append((name, size, scan.finding.truncate_to))
+    if repair and report.corruption is None and report.retired:
+        for name in report.retired:  # finish a retirement cut short: the manifest already moved past them
+            fs.unlink(os.path.join(path, name))
     if repair and report.corruption is None:
         # What was read may be only in the page cache (a killed writer's unsynced batch, a cut whose fsync failed):
         # make it durable before a writer chains a new segment to it, or a power cut leaves a gap behind acked records.
@@ -174,8 +225,9 @@ def recover(
                     fs.fdatasync(fd)  # a no-op on the disk when already synced
             finally:
                 fs.close(fd)
-    if repair and (tmps or accepted):
-        fs.fsync_dir(path)  # the tmp deletions, and the names of the accepted segments (a rename not yet synced)
+    if repair and (tmps or accepted or report.retired):
+        # the tmp and retired deletions, and the names of the manifest and accepted segments (a rename not yet synced)
+        fs.fsync_dir(path)
     if state is not None:
         report.wal_uuid = uuid.UUID(bytes=state.wal_uuid).hex
     report.state = state
@@ -224,7 +276,8 @@ class Wal:
         self._seg_size = 0
         self._prev_off = 0
         self._since_checkpoint = 0
-        self._segments: list[int] = sorted({_segment_id(n) or 0 for n in report.segments})
+        self._segments: list[int] = sorted(report.starts)
+        self._starts = {s: report.starts[s] for s in self._segments}
         self._seg_txns: dict[int, set[bytes]] = {s: set() for s in self._segments}
         self._unsettled: dict[bytes, int] = {}  # job -> LSN of its first record
         self._settled: set[bytes] = set()
@@ -340,26 +393,32 @@ class Wal:
             return self._frontier.root()
 
     def retire_settled(self) -> list[str]:
-        """Delete the oldest segments whose every job is settled (never the active one); returns their names."""
+        """Delete the oldest segments whose every job is settled (never the active one); returns their names.
+
+        The manifest moves to the first segment kept, durably, before any file goes: a crash in between leaves
+        files the manifest already retired (recovery ignores and deletes them), never a log start nobody recorded.
+        """
         with self._cv:
             self._check_usable()
             while self._leader:
                 self._cv.wait()
-            retired: list[str] = []
+            retire: list[int] = []
+            for sid in self._segments:
+                if sid == self._seg_id or any(t not in self._settled for t in self._seg_txns.get(sid, ())):
+                    break
+                retire.append(sid)
+            if not retire:
+                return []
             try:
-                for sid in list(self._segments):
-                    if sid == self._seg_id or any(t not in self._settled for t in self._seg_txns.get(sid, ())):
-                        break
-                    self.fs.unlink(os.path.join(self.path, segment_name(sid)))
-                    retired.append(segment_name(sid))
-                    self._segments.remove(sid)
-                    self._seg_txns.pop(sid, None)
-                if retired:
-                    self.fs.fsync_dir(self.path)
+                self._retire_files(retire, self._starts[self._segments[len(retire)]])
             except OSError as e:
                 self._fatal = WalIOError(f"retiring segments failed: {e}")
                 raise self._fatal from e
-            return retired
+            for sid in retire:
+                self._segments.remove(sid)
+                self._seg_txns.pop(sid, None)
+                del self._starts[sid]
+            return [segment_name(sid) for sid in retire]
 
     @property
     def segments(self) -> list[str]:
@@ -480,6 +539,13 @@ class Wal:
     def _sync_dir(self) -> None:
         self.fs.fsync_dir(self.path)
 
+    def _retire_files(self, segment_ids: list[int], start: Manifest) -> None:
+        """The manifest naming the new start, durable first; only then the files it retires go."""
+        write_manifest(self.fs, self.path, start)
+        for sid in segment_ids:
+            self.fs.unlink(os.path.join(self.path, segment_name(sid)))
+        self.fs.fsync_dir(self.path)
+
     # ------------------------------------------------------------------ records
 
     def _encode_records(
@@ -578,6 +644,7 @@ class Wal:
         self._seg_fd, self._seg_id, self._seg_off, self._seg_size, self._prev_off = fd, sid, 0, size, 0
         self.fs.fallocate(fd, 0, size)
         ts = time.time_ns()
+        start = Manifest(self._uuid, sid, self._next_lsn, self._chain)
         seg_body = SegmentBody(self._chain, self._next_lsn, size).encode()
         parts: list[bytes] = []
         self._encode_records([(RecordType.SEGMENT, bytes(16), seg_body)], 0, 2, ts, parts)
@@ -592,6 +659,7 @@ class Wal:
         self.fs.rename(tmp, final)
         self._sync_dir()  # the new name must be durable before any record in it is acknowledged
         self._segments.append(sid)
+        self._starts[sid] = start
         self._seg_txns[sid] = set()
         if old_fd is not None:
             self.fs.close(old_fd)

@@ -22,6 +22,7 @@ __all__ = [
     "MAGIC",
     "CheckpointBody",
     "Header",
+    "Manifest",
     "MerkleFrontier",
     "RecordType",
     "SegmentBody",
@@ -31,6 +32,7 @@ __all__ = [
     "encode_header",
     "genesis_chain",
     "padded",
+    "segment_name",
 ]
 
 MAGIC = b"ESPERWAL"
@@ -63,6 +65,13 @@ _TYPES = frozenset(int(t) for t in RecordType)
 
 
 ZERO_PADS = [bytes(k) for k in range(ALIGN)]  # the zero padding of k bytes, shared rather than built per record
+
+
+SEGMENT_SUFFIX = ".seg"
+
+
+def segment_name(segment_id: int) -> str:
+    return f"wal-{segment_id:016x}{SEGMENT_SUFFIX}"
 
 
 def padded(n: int) -> int:
@@ -397,3 +406,40 @@ class CheckpointBody:
     def context(self) -> dict[str, str]:
         out: dict[str, str] = json.loads(self.context_json.decode())
         return out
+
+
+MANIFEST_MAGIC = b"ESPERMAN"
+# magic, version, reserved | WAL uuid | first retained segment id, its first LSN | chain hash before that LSN; CRC last
+_MANIFEST = struct.Struct("<8sHH 16s QQ 32s")
+MANIFEST_SIZE = _MANIFEST.size + 4
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Where the retained log starts: the first retained segment, its first LSN and the chain hash before it.
+
+    Also what a segment's SEGMENT record says about its own start (`SegmentScan.start`), so the two compare directly.
+    """
+
+    wal_uuid: bytes
+    segment_id: int
+    first_lsn: int
+    prev_chain: bytes
+
+    def encode(self) -> bytes:
+        body = _MANIFEST.pack(
+            MANIFEST_MAGIC, VERSION, 0, self.wal_uuid, self.segment_id, self.first_lsn, self.prev_chain
+        )
+        return body + _CRC.pack(crc32c.crc32c(body))
+
+    @staticmethod
+    def decode(b: bytes) -> Manifest | str:
+        """The manifest in `b`, or why it is not one (written tmp, fsync, rename: any damage is corruption)."""
+        if len(b) != MANIFEST_SIZE:
+            return f"{len(b)} bytes, not {MANIFEST_SIZE}"
+        if crc32c.crc32c(b[:-4]) != _CRC.unpack_from(b, len(b) - 4)[0]:
+            return "crc mismatch"
+        magic, version, reserved, wal_uuid, segment_id, first_lsn, prev_chain = _MANIFEST.unpack_from(b)
+        if magic != MANIFEST_MAGIC or version != VERSION or reserved:
+            return "bad magic/version/reserved bytes"
+        return Manifest(wal_uuid, segment_id, first_lsn, prev_chain)

@@ -25,16 +25,28 @@ from esper.compiler.wal_format import (
     MAGIC,
     ZERO_PADS,
     CheckpointBody,
+    Manifest,
     MerkleFrontier,
     RecordType,
     SegmentBody,
     context_root,
     context_sha,
     decode_header,
+    genesis_chain,
     header_problem,
+    segment_name,
 )
 
-__all__ = ["CheckpointInfo", "Finding", "RecoveryReport", "ScanState", "ScannedRecord", "SegmentScan", "scan_segment"]
+__all__ = [
+    "CheckpointInfo",
+    "Finding",
+    "RecoveryReport",
+    "ScanState",
+    "ScannedRecord",
+    "SegmentScan",
+    "retained_segments",
+    "scan_segment",
+]
 
 SECTOR = 512
 FindingKind = Literal["clean_end", "torn_tail", "corruption"]
@@ -96,6 +108,7 @@ class SegmentScan:
     end: int  # offset just past the last accepted record
     finding: Finding
     state: ScanState | None  # None when the segment header itself was unusable
+    start: Manifest | None = None  # where this segment starts, from its SEGMENT record (None when unusable)
 
 
 @dataclass
@@ -110,6 +123,9 @@ class RecoveryReport:
     findings: list[Finding] = field(default_factory=list)
     truncated: list[tuple[str, int, int]] = field(default_factory=list)  # (segment, old size, new size)
     deleted_tmp: list[str] = field(default_factory=list)
+    manifest: Manifest | None = None
+    retired: list[str] = field(default_factory=list)  # present, yet retired by the manifest (a cut-short retirement)
+    starts: dict[int, Manifest] = field(default_factory=dict)  # where each retained segment starts
     state: ScanState | None = None
     last_segment_id: int = -1
     bytes_scanned: int = 0
@@ -151,6 +167,8 @@ class RecoveryReport:
             "corruption": self.corruption.__dict__ if self.corruption else None,
             "truncated": self.truncated,
             "deleted_tmp": self.deleted_tmp,
+            "manifest": _manifest_json(self.manifest),
+            "retired": self.retired,
             "bytes_scanned": self.bytes_scanned,
             "duration_s": round(self.duration_s, 6),
         }
@@ -169,6 +187,36 @@ class RecoveryReport:
                 for r in self.records
             ]
         return out
+
+
+def _manifest_json(m: Manifest | None) -> dict[str, object] | None:
+    if m is None:
+        return None
+    return {
+        "wal_uuid": m.wal_uuid.hex(),
+        "first_segment": segment_name(m.segment_id),
+        "first_lsn": m.first_lsn,
+        "prev_chain": m.prev_chain.hex(),
+    }
+
+
+def retained_segments(
+    segs: list[tuple[int, str]], manifest: Manifest | None
+) -> tuple[list[tuple[int, str]], list[str], Finding | None]:
+    """Split the segment files (id, name; oldest first) at the manifest: (retained, retired, corruption finding).
+
+    Files older than the manifest's first segment were retired (a retirement cut short before its unlinks); a missing
+    first retained segment is corruption, never skipped. Without a manifest nothing was ever retired: all are retained.
+    """
+    if manifest is None:
+        return segs, [], None
+    retired = [n for sid, n in segs if sid < manifest.segment_id]
+    kept = [(sid, n) for sid, n in segs if sid >= manifest.segment_id]
+    if not kept or kept[0][0] != manifest.segment_id:
+        name = segment_name(manifest.segment_id)
+        reason = f"first retained segment missing: the manifest says the log starts in it at LSN {manifest.first_lsn}"
+        return [], retired, Finding(name, 0, "corruption", reason)
+    return kept, retired, None
 
 
 _CHUNK = 1 << 20
@@ -226,13 +274,18 @@ def scan_segment(
     state: ScanState | None,
     *,
     is_last: bool,
+    manifest: Manifest | None = None,
     verify_payload_sha: bool = False,
     keep_payloads: bool = False,
 ) -> SegmentScan:
-    """Accept the sound records of one segment in order and classify where (and why) they stop."""
+    """Accept the sound records of one segment in order and classify where (and why) they stop.
+
+    `state` is None for the oldest retained segment: it must start where `manifest` says, or, with no manifest,
+    at the start of the log (LSN 1, the genesis chain).
+    """
     mv = memoryview(buf)
     try:
-        return _scan(buf, mv, name, segment_id, state, is_last, verify_payload_sha, keep_payloads)
+        return _scan(buf, mv, name, segment_id, state, manifest, is_last, verify_payload_sha, keep_payloads)
     finally:
         mv.release()
 
@@ -243,6 +296,7 @@ def _scan(
     name: str,
     segment_id: int,
     anchor: ScanState | None,
+    manifest: Manifest | None,
     is_last: bool,
     verify_sha: bool,
     keep: bool,
@@ -250,9 +304,11 @@ def _scan(
     records: list[ScannedRecord] = []
     checkpoints: list[CheckpointInfo] = []
     n = len(buf)
+    start: Manifest | None = None
 
     def stop(off: int, kind: FindingKind, reason: str, st: ScanState | None, end: int, **kw: int) -> SegmentScan:
-        return SegmentScan(name, segment_id, records, checkpoints, end, Finding(name, off, kind, reason, **kw), st)
+        finding = Finding(name, off, kind, reason, **kw)
+        return SegmentScan(name, segment_id, records, checkpoints, end, finding, st, start)
 
     # The SEGMENT record anchors this segment: synced before the rename, so any damage to it is corruption.
     h0 = decode_header(mv, 0)
@@ -264,7 +320,16 @@ def _scan(
     sb = SegmentBody.decode(body0)
     if sb is None or crc32c.crc32c(body0) != h0.payload_crc or sb.first_lsn != h0.lsn:
         return stop(0, "corruption", "segment header payload", anchor, 0)
+    start = Manifest(h0.wal_uuid, segment_id, h0.lsn, sb.prev_chain)
     if anchor is None:
+        # The oldest file is the log's start only if the manifest says so (or, with none, it is LSN 1): otherwise
+        # older segments were lost, not retired.
+        genesis = Manifest(h0.wal_uuid, segment_id, 1, genesis_chain(h0.wal_uuid))
+        if manifest is not None and start != manifest:
+            return stop(0, "corruption", "oldest segment does not start where the manifest says the log does", None, 0)
+        if manifest is None and (start != genesis or h0.batch_id != 0):
+            reason = f"oldest segment starts at LSN {h0.lsn}, not at the log's start, and no manifest retired the rest"
+            return stop(0, "corruption", reason, None, 0)
         st = ScanState(h0.wal_uuid, h0.lsn, sb.prev_chain, h0.batch_id, h0.epoch, None)
     else:
         st = ScanState(anchor.wal_uuid, anchor.next_lsn, anchor.prev_chain, anchor.next_batch_id, anchor.epoch, None)
@@ -415,7 +480,9 @@ def _scan(
     if dropped:
         del records[pend_idx:]
         # Roll the state back to the start of the dropped batch by rescanning (rare; keeps this function simple).
-        return _rescan_to(buf, name, segment_id, anchor, is_last, verify_sha, keep, pend_off, bad.reason, dropped)
+        return _rescan_to(
+            buf, name, segment_id, anchor, manifest, is_last, verify_sha, keep, pend_off, bad.reason, dropped
+        )
     return stop(off, "torn_tail", bad.reason, st, pend_off, truncate_to=pend_off, dropped_records=0)
 
 
@@ -424,6 +491,7 @@ def _rescan_to(
     name: str,
     segment_id: int,
     anchor: ScanState | None,
+    manifest: Manifest | None,
     is_last: bool,
     verify_sha: bool,
     keep: bool,
@@ -434,7 +502,7 @@ def _rescan_to(
     """Scan the segment again as if it ended at `cut` (the start of the incomplete batch)."""
     head = bytes(buf[:cut])
     with memoryview(head) as mv:
-        again = _scan(head, mv, name, segment_id, anchor, is_last, verify_sha, keep)
+        again = _scan(head, mv, name, segment_id, anchor, manifest, is_last, verify_sha, keep)
     f = Finding(name, cut, "torn_tail", f"incomplete batch: {reason}", truncate_to=cut, dropped_records=dropped)
     again.finding = f
     return again

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from wal_crash_harness import CTX, LONG, USER_TYPES, WAL_DIR, Ack, Result, check, publish, recover_image, workload
 
 from esper.compiler.wal import Entry, RecordType, Wal, WalConfig
 from esper.compiler.wal_cli import stress_payload
-from esper.compiler.wal_format import HEADER_SIZE, padded
+from esper.compiler.wal_format import HEADER_SIZE, Manifest, padded
 from esper.compiler.wal_scan import ScannedRecord
 from esper.compiler.wal_simfs import CrashImage, SimFs
 
@@ -164,6 +165,52 @@ def test_c6_duplicated_swapped_foreign_and_stale_records_are_refused() -> None:
         assert report.corruption is not None or name.startswith("stale junk"), f"{name} was not refused"
     _results.append(res)
     assert res.lost == 0 and res.corrupted_accepted == 0
+
+
+def _never_retired() -> tuple[CrashImage, dict[int, bytes], set[bytes]]:
+    """A synced WAL of several segments that never retired one (so it has no manifest)."""
+    fs = SimFs()
+    wal = Wal.open(WAL_DIR, CTX, config=WalConfig(segment_size=8192, checkpoint_every=5), fs=fs)
+    known = {stress_payload(6, i, 3000) for i in range(8)}
+    acked = {wal.data(bytes(16), p): p for p in sorted(known)}
+    wal.close()
+    return fs.durable_image(), acked, known
+
+
+def _without(img: CrashImage, *paths: str) -> CrashImage:
+    return CrashImage({p: b for p, b in img.files.items() if p not in paths}, img.dirs)
+
+
+def test_c6_lost_oldest_segments_and_a_lost_or_damaged_manifest_are_corruption() -> None:
+    res = Result("C6 oldest segment(s) deleted, manifest deleted/damaged/stale", power_loss=False)
+    manifest = f"{WAL_DIR}/MANIFEST"
+    retired, r_acked, r_known, _ = _base([1] * 6, 3000)
+    never, n_acked, n_known = _never_retired()
+    r_segs = sorted(p for p in retired.files if p.endswith(".seg"))
+    n_segs = sorted(p for p in never.files if p.endswith(".seg"))
+    assert manifest in retired.files and manifest not in never.files and len(r_segs) >= 3 and len(n_segs) >= 3
+    good = retired.files[manifest]
+    old = Manifest.decode(good)
+    assert isinstance(old, Manifest)
+    stale = dataclasses.replace(old, segment_id=old.segment_id - 1).encode()  # an older manifest: names a gone file
+    cases: list[tuple[CrashImage, dict[int, bytes], set[bytes]]] = [
+        (_without(never, n_segs[0]), n_acked, n_known),
+        (_without(never, *n_segs[:2]), n_acked, n_known),
+        (_without(retired, r_segs[0]), r_acked, r_known),
+        (_without(retired, *r_segs[:2]), r_acked, r_known),
+        (_without(retired, *r_segs), r_acked, r_known),
+        (_without(retired, manifest), r_acked, r_known),
+        (_without(retired, manifest, r_segs[0]), r_acked, r_known),
+        (_with(retired, manifest, stale), r_acked, r_known),
+        *((_with(retired, manifest, good[:n]), r_acked, r_known) for n in range(len(good))),
+        *((_with(retired, manifest, _flip(good, bit)), r_acked, r_known) for bit in range(len(good) * 8)),
+    ]
+    for img, acked, known in cases:
+        report, _ = recover_image(img, repair=False)
+        check(report, acked, known, res, corruption_expected=True)
+    _results.append(res)
+    assert res.lost == 0 and res.corrupted_accepted == 0
+    assert res.classes["corruption"] == res.runs, "a lost start of the log must be reported, never skipped"
 
 
 def test_zz_publish_damage_table() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from wal_crash_harness import CTX, LONG, PLAN, WAL_DIR, Ack, Result, check, publish, recover_image
+from wal_crash_harness import CTX, LONG, PLAN, WAL_DIR, Ack, Result, acked_at, check, publish, recover_image
 
 from esper.compiler.exceptions import WalFatalError, WalIOError
 from esper.compiler.wal import Entry, RecordType, Wal, WalConfig
@@ -14,35 +14,49 @@ from esper.compiler.wal_simfs import FaultFs, FaultKind
 MUTATING = {"pwrite", "fallocate", "fdatasync", "fsync", "fsync_dir", "rename", "ftruncate", "create", "unlink"}
 
 
+def _dead_for_good(wal: Wal, fs: FaultFs) -> bool:
+    """After a WalIOError the next append must refuse without touching the disk (no retry)."""
+    before = len(fs.trace)
+    try:
+        wal.append(RecordType.DATA, bytes(16), stress_payload(7, 0, 64))
+    except WalFatalError:
+        pass
+    else:
+        raise AssertionError("append succeeded after a fatal I/O error") from None
+    assert not [k for k, _ in fs.trace[before:] if k in MUTATING], "the WAL retried after an error"
+    return True
+
+
 def _faulty_workload(fs: FaultFs, acks: list[Ack], known: set[bytes]) -> bool:
-    """Run the plan twice (with a reopen) until the first error; True if the WAL raised a typed I/O error."""
+    """Run the plan twice (with a reopen), settling and retiring each round, until the first error; True if the WAL
+    raised a typed I/O error."""
     seq = 0
     try:
         for round_ in range(2):
             wal = Wal.open(WAL_DIR, CTX, config=WalConfig(segment_size=8192, checkpoint_every=5), fs=fs)
+            job = bytes([round_ + 1]) * 16
             for n, size in PLAN:
                 entries = []
                 for _ in range(n):
                     p = stress_payload(round_, seq, size)
                     seq += 1
                     known.add(p)
-                    entries.append(Entry(RecordType.DATA, bytes(16), p))
+                    entries.append(Entry(RecordType.DATA, job, p))
                 try:
                     lsns = wal.append_batch(entries)
                 except WalIOError:
-                    # Dead for good: the next append must refuse without touching the disk (no retry).
-                    before = len(fs.trace)
-                    try:
-                        wal.append(RecordType.DATA, bytes(16), stress_payload(7, seq, 64))
-                    except WalFatalError:
-                        pass
-                    else:
-                        raise AssertionError("append succeeded after a fatal I/O error") from None
-                    assert not [k for k, _ in fs.trace[before:] if k in MUTATING], "the WAL retried after an error"
-                    return True
+                    return _dead_for_good(wal, fs)
                 acks.extend(
                     Ack(lsn, e.payload, len(fs.trace), wal._seg_id) for lsn, e in zip(lsns, entries, strict=True)
                 )
+            p = stress_payload(round_, seq, 64)
+            seq += 1
+            known.add(p)
+            try:
+                acks.append(Ack(wal.commit(job, p), p, len(fs.trace), wal._seg_id))
+                wal.retire_settled()  # faults in the manifest's write, sync, rename, dir sync and the unlinks too
+            except WalIOError:
+                return _dead_for_good(wal, fs)
             wal.close()
     except WalIOError:  # the fault hit Wal.open (creating a segment)
         return True
@@ -64,7 +78,7 @@ def _scenario(kind: FaultKind, name: str) -> Result:
         assert raised, f"{kind} at call {k} was not reported as a WalIOError"
         # No record acknowledged after the fault fired.
         assert all(a.trace_len < fs.fired_at_trace for a in acks)
-        acked = {a.lsn: a.payload for a in acks}
+        acked = acked_at(fs, acks)  # less the retired records
         images = [fs.volatile_image(), fs.durable_image(), *fs.crash_images(rng, samples=4 if not LONG else 16)]
         for img in images:
             report, _ = recover_image(img)

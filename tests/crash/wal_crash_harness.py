@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from esper.compiler.fsio import FileSystem
-from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, recover
+from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, read_manifest, recover
 from esper.compiler.wal_cli import stress_payload, stress_payload_ok
 from esper.compiler.wal_scan import RecoveryReport
 from esper.compiler.wal_simfs import CrashImage, SimFs
@@ -162,9 +162,14 @@ def workload(
 
 
 def acked_at(fs: SimFs, acks: list[Ack]) -> dict[int, bytes]:
-    """Records acknowledged by now, less those in segments retired by now (settled jobs: deleted by design)."""
-    retired = {int(w.rsplit("wal-", 1)[1][:16], 16) for k, w in fs.trace if k == "unlink" and w.endswith(".seg")}
-    return {a.lsn: a.payload for a in acks if a.trace_len <= len(fs.trace) and a.segment not in retired}
+    """Records acknowledged by now, less those in segments retired by now (settled jobs: deleted by design).
+
+    A segment is retired once the manifest renamed into place (what the process sees) starts the log after it.
+    """
+    manifest = read_manifest(fs, WAL_DIR)
+    assert not isinstance(manifest, str), manifest
+    first = manifest.segment_id if manifest is not None else 0
+    return {a.lsn: a.payload for a in acks if a.trace_len <= len(fs.trace) and not 0 <= a.segment < first}
 
 
 def run_matrix_point(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -15,12 +16,13 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from esper.compiler.exceptions import WalCorruptionError, WalFatalError, WalIOError
-from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, recover, unsettled_in
+from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, read_manifest, recover, unsettled_in
 from esper.compiler.wal_cli import app, stress_payload, stress_payload_ok
 from esper.compiler.wal_format import (
     CHAINED,
     HEADER_SIZE,
     Header,
+    Manifest,
     SegmentBody,
     chain_next,
     decode_header,
@@ -385,3 +387,109 @@ def test_a_segment_never_grows_past_its_preallocated_size(
             body = SegmentBody.decode(bytes(data[HEADER_SIZE : HEADER_SIZE + h.payload_len]))
             assert body is not None and len(data) == body.segment_size, name
     assert recover(D, fs).corruption is None
+
+
+def _seg_path(sid: int) -> str:
+    return f"{D}/wal-{sid:016x}.seg"
+
+
+def _retired_log(fs: SimFs) -> list[int]:
+    """A WAL whose settled first segments were retired; returns the LSNs of its retained DATA records."""
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    a, b = b"a" * 16, b"b" * 16
+    wal.data(a, b"x" * 3000)
+    wal.data(a, b"x" * 6000)  # rolls
+    wal.commit(a)
+    kept = [wal.data(b, b"y" * 6000)]  # rolls: the segments before hold only settled records
+    assert wal.retire_settled()
+    kept.append(wal.data(b, b"z" * 100))
+    wal.close()
+    return kept
+
+
+def test_retirement_moves_the_manifest_durably_before_it_unlinks_a_segment() -> None:
+    fs = SimFs()
+    kept = _retired_log(fs)
+    rename = next(i for i, (k, w) in enumerate(fs.trace) if k == "rename" and w.endswith("/MANIFEST"))
+    first_unlink = next(i for i, (k, _) in enumerate(fs.trace) if k == "unlink")
+    ops = [k for k, _ in fs.trace]
+    assert ops[rename - 3 : rename] == ["create", "pwrite", "fsync"] and fs.trace[rename - 3][1].endswith(".tmp")
+    assert first_unlink == rename + 2 and fs.trace[rename + 1] == ("fsync_dir", D)
+    manifest = read_manifest(fs, D)
+    report = recover(D, fs, repair=False)
+    assert isinstance(manifest, Manifest) and report.corruption is None
+    assert report.segments[0] == f"wal-{manifest.segment_id:016x}.seg"
+    assert report.starts[manifest.segment_id] == manifest and manifest.first_lsn > 1
+    assert [r.lsn for r in report.records if r.type == RecordType.DATA] == kept
+
+
+@pytest.mark.parametrize("retired", [False, True])
+def test_losing_the_oldest_segment_is_reported_as_corruption(retired: bool) -> None:
+    fs = SimFs()
+    if retired:
+        _retired_log(fs)
+    else:
+        wal = Wal.open(D, CTX, config=CFG, fs=fs)
+        wal.data(b"j" * 16, b"x" * 6000)
+        wal.data(b"j" * 16, b"x" * 6000)  # rolls
+        wal.close()
+    oldest = recover(D, fs).segments[0]
+    fs.unlink(f"{D}/{oldest}")
+    report = recover(D, fs)
+    assert report.corruption is not None and report.corruption.offset == 0, report.findings
+    assert not report.records and not report.truncated
+    with pytest.raises(WalCorruptionError):
+        Wal.open(D, CTX, config=CFG, fs=fs)
+
+
+def test_a_lost_damaged_or_foreign_manifest_is_reported_as_corruption() -> None:
+    fs = SimFs()
+    _retired_log(fs)
+    path = f"{D}/MANIFEST"
+    good = bytes(fs.inodes[fs.names[path]].data)
+    manifest = Manifest.decode(good)
+    assert isinstance(manifest, Manifest)
+    foreign = dataclasses.replace(manifest, wal_uuid=bytes(16)).encode()
+    behind = dataclasses.replace(manifest, segment_id=manifest.segment_id - 1).encode()  # a segment that is gone
+    for damaged in (None, good[:-1], bytes([good[0] ^ 1]) + good[1:], foreign, behind):
+        if damaged is None:
+            fs.unlink(path)
+        else:
+            fd = fs.open_create(path) if not fs.exists(path) else fs.open_rw(path)
+            fs.ftruncate(fd, 0)
+            fs.pwrite(fd, damaged, 0)
+            fs.close(fd)
+        report = recover(D, fs)
+        assert report.corruption is not None and not report.records, damaged
+    fd = fs.open_rw(path)
+    fs.ftruncate(fd, 0)
+    fs.pwrite(fd, good, 0)
+    fs.close(fd)
+    assert recover(D, fs).corruption is None
+
+
+def test_segments_a_cut_short_retirement_left_are_ignored_then_deleted() -> None:
+    fs = SimFs()
+
+    def die_at_first_unlink(fs: SimFs, kind: str) -> None:
+        if kind == "unlink":
+            raise SimCrash(kind)
+
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    wal.data(b"a" * 16, b"x" * 6000)
+    wal.commit(b"a" * 16)
+    kept = wal.data(b"b" * 16, b"y" * 6000)  # rolls
+    fs.on_op = die_at_first_unlink
+    with pytest.raises(SimCrash):
+        wal.retire_settled()
+    fs = fs.process_crash()
+    names = fs.listdir(D)
+    assert "MANIFEST" in names and "wal-0000000000000000.seg" in names
+    read_only = recover(D, fs, repair=False)
+    assert read_only.corruption is None and read_only.retired == ["wal-0000000000000000.seg"]
+    assert [r.lsn for r in read_only.records if r.type == RecordType.DATA] == [kept]
+    assert "wal-0000000000000000.seg" in fs.listdir(D)
+    first = recover(D, fs)
+    assert "wal-0000000000000000.seg" not in fs.listdir(D)
+    second = recover(D, SimFs(fs.durable_image()))  # the deletion was made durable
+    assert not second.retired and [r.lsn for r in second.records] == [r.lsn for r in first.records]
