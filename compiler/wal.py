@@ -204,6 +204,7 @@ def recover(
         report.last_segment_id = sid
         if scan.start is not None:
             report.starts[sid] = scan.start
+        report.reusable_tail = scan.before if scan.head_only else None
         state = scan.state
         if scan.finding.kind == "corruption":
             break
@@ -256,6 +257,7 @@ class Wal:
         report: RecoveryReport,
         state: ScanState,
         epoch: int,
+        last_segment_id: int,
     ) -> None:
         self.path = path
         self.fs = fs
@@ -271,12 +273,12 @@ class Wal:
         self._frontier = state.frontier or MerkleFrontier()
         self._epoch = epoch
         self._seg_fd: int | None = None
-        self._seg_id = report.last_segment_id
+        self._seg_id = last_segment_id  # the next segment gets the id after it
         self._seg_off = 0
         self._seg_size = 0
         self._prev_off = 0
         self._since_checkpoint = 0
-        self._segments: list[int] = sorted(report.starts)
+        self._segments: list[int] = sorted(s for s in report.starts if s <= last_segment_id)
         self._starts = {s: report.starts[s] for s in self._segments}
         self._seg_txns: dict[int, set[bytes]] = {s: set() for s in self._segments}
         self._unsettled: dict[bytes, int] = {}  # job -> LSN of its first record
@@ -301,7 +303,11 @@ class Wal:
         config: WalConfig | None = None,
         fs: FileSystem | None = None,
     ) -> Wal:
-        """Recover the directory (creating it if needed), refuse on corruption, start a new segment, new epoch."""
+        """Recover the directory (creating it if needed), refuse on corruption, start a new segment, new epoch.
+
+        A last segment holding only its head (an earlier open that appended nothing) is replaced, not followed: its
+        id is reused and the new head renamed over it, so restarts in a loop leave no trail of preallocated segments.
+        """
         fs = fs or OsFs()
         config = config or WalConfig()
         try:
@@ -313,11 +319,14 @@ class Wal:
             raise WalIOError(f"recovering {path} failed: {e}") from e
         if report.corruption is not None:
             raise WalCorruptionError(report)
-        state = report.state
+        state, last = report.state, report.last_segment_id
         if state is None:  # a new WAL
             wal_uuid = uuid.uuid4().bytes
             state = ScanState(wal_uuid, 1, genesis_chain(wal_uuid), 0, 0, MerkleFrontier())
-        wal = cls(path, fs, config, context, report, state, state.epoch + 1)
+        epoch = state.epoch + 1  # above every epoch on the disk, the replaced segment's included
+        if report.reusable_tail is not None:
+            state, last = report.reusable_tail, last - 1
+        wal = cls(path, fs, config, context, report, state, epoch, last)
         try:
             wal._roll(0, 0, cp=False)
         except OSError as e:
@@ -631,6 +640,7 @@ class Wal:
         """Start a new segment: tmp, preallocate, SEGMENT + CHECKPOINT, fsync, rename, fsync the directory.
 
         Sized to hold at least its head and the batch that asked for it (`nbytes`, `count` entries, checkpoint `cp`).
+        The rename replaces a head-only segment of the same id at open (atomic: the old head or the new one).
         """
         old_fd = self._seg_fd
         sid = self._seg_id + 1

@@ -109,6 +109,12 @@ class SegmentScan:
     finding: Finding
     state: ScanState | None  # None when the segment header itself was unusable
     start: Manifest | None = None  # where this segment starts, from its SEGMENT record (None when unusable)
+    before: ScanState | None = None  # the state before its SEGMENT record, when known (not after a retirement)
+
+    @property
+    def head_only(self) -> bool:
+        """It holds nothing but its head (SEGMENT, CHECKPOINT): no record was ever acknowledged in it."""
+        return self.finding.kind != "corruption" and len(self.records) == 1
 
 
 @dataclass
@@ -126,6 +132,7 @@ class RecoveryReport:
     manifest: Manifest | None = None
     retired: list[str] = field(default_factory=list)  # present, yet retired by the manifest (a cut-short retirement)
     starts: dict[int, Manifest] = field(default_factory=dict)  # where each retained segment starts
+    reusable_tail: ScanState | None = None  # the state before the last segment when it holds only its head
     state: ScanState | None = None
     last_segment_id: int = -1
     bytes_scanned: int = 0
@@ -305,10 +312,11 @@ def _scan(
     checkpoints: list[CheckpointInfo] = []
     n = len(buf)
     start: Manifest | None = None
+    before: ScanState | None = None
 
     def stop(off: int, kind: FindingKind, reason: str, st: ScanState | None, end: int, **kw: int) -> SegmentScan:
         finding = Finding(name, off, kind, reason, **kw)
-        return SegmentScan(name, segment_id, records, checkpoints, end, finding, st, start)
+        return SegmentScan(name, segment_id, records, checkpoints, end, finding, st, start, before)
 
     # The SEGMENT record anchors this segment: synced before the rename, so any damage to it is corruption.
     h0 = decode_header(mv, 0)
@@ -330,6 +338,8 @@ def _scan(
         if manifest is None and (start != genesis or h0.batch_id != 0):
             reason = f"oldest segment starts at LSN {h0.lsn}, not at the log's start, and no manifest retired the rest"
             return stop(0, "corruption", reason, None, 0)
+        if start == genesis:
+            before = ScanState(h0.wal_uuid, 1, start.prev_chain, 0, 0, MerkleFrontier())
         st = ScanState(h0.wal_uuid, h0.lsn, sb.prev_chain, h0.batch_id, h0.epoch, None)
     else:
         st = ScanState(anchor.wal_uuid, anchor.next_lsn, anchor.prev_chain, anchor.next_batch_id, anchor.epoch, None)
@@ -340,6 +350,7 @@ def _scan(
             return stop(0, "corruption", f"gap before segment: expected LSN {st.next_lsn}, found {h0.lsn}", anchor, 0)
         if h0.epoch < st.epoch:
             return stop(0, "corruption", "writer epoch went backwards", anchor, 0)
+        before = anchor
     st.epoch = h0.epoch
     seg_epoch, seg_ctx = h0.epoch, h0.ctx_sha
 

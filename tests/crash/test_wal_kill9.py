@@ -25,6 +25,8 @@ from esper.compiler.wal_cli import stress_payload_ok
 
 FORKED_RUNS = 10_000 if LONG else 1_000
 EXEC_RUNS = 300 if LONG else 12
+RESTART_RUNS = 2_000 if LONG else 200
+SEGMENT = 1 << 20  # the restart loop's segments (preallocated)
 ESPER = str(Path(sys.executable).with_name("esper"))
 
 
@@ -118,6 +120,27 @@ def _campaign(res: Result, runs: int, spawn: str, delay_s: tuple[float, float], 
         done += len(slots)
 
 
+def _restart_loop(res: Result, runs: int, tmp: Path, seed: int) -> tuple[int, int]:
+    """`esper wal stress --records 0` (open, close) killed at random moments, on one WAL: a crash-looping service.
+    Returns the segment files and the bytes allocated afterwards."""
+    rng = random.Random(seed)
+    path = str(tmp / "restart-loop")
+    args = ["stress", path, "--records", "0", "--segment-size", str(SEGMENT)]
+    for _ in range(runs):
+        pid, fd = _fork_stress(args)
+        time.sleep(rng.uniform(0.0, 0.02))
+        os.kill(pid, signal.SIGKILL)  # or it already exited: an open/close cycle
+        _read_all(fd)
+        os.waitpid(pid, 0)
+        report = recover(path)
+        res.runs += 1
+        res.times_ms.append(report.duration_s * 1e3)
+        res.classes[report.findings[-1].kind if report.findings else "empty"] += 1
+        res.false_corruption += report.corruption is not None
+    files = [p for p in Path(path).iterdir() if p.suffix == ".seg"]
+    return len(files), sum(p.stat().st_blocks * 512 for p in Path(path).iterdir())
+
+
 # The long campaign is ~10,300 kill/recover rounds at ~0.1 s each on a 2-core VM: past the suite's 600 s default.
 @pytest.mark.timeout(2400 if LONG else 600)
 def test_c1_kill9_stress_never_loses_an_acked_record(tmp_path: Path) -> None:
@@ -125,7 +148,12 @@ def test_c1_kill9_stress_never_loses_an_acked_record(tmp_path: Path) -> None:
     _campaign(forked, FORKED_RUNS, "fork", (0.0, 0.03), tmp_path, seed=1)
     execd = Result(f"C1 kill -9, exec'd `esper wal stress` x{EXEC_RUNS}", power_loss=False)
     _campaign(execd, EXEC_RUNS, "exec", (0.15, 0.6), tmp_path, seed=2)
-    publish("C1: kill -9 (process crash: the page cache survives)", [forked, execd])
+    loop = Result("", power_loss=False)
+    segments, allocated = _restart_loop(loop, RESTART_RUNS, tmp_path, seed=3)
+    loop.scenario = f"C1 restart loop: kill -9 of open/close x{RESTART_RUNS} -> {segments} seg, {allocated >> 10} KiB"
+    publish("C1: kill -9 (process crash: the page cache survives)", [forked, execd, loop])
     for r in (forked, execd):
         assert r.runs >= 10 and r.acked > 0
         assert r.lost == 0 and r.corrupted_accepted == 0 and r.false_corruption == 0
+    assert loop.false_corruption == 0
+    assert segments == 1 and allocated <= SEGMENT + 8192, "every open replaces the head-only tail"

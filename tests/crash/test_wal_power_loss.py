@@ -171,6 +171,39 @@ def test_power_loss_simulator_catches_a_broken_wal(cls: type[Wal], name: str) ->
     assert res.lost > 0, "the simulator failed to detect a WAL that breaks a durability rule"
 
 
+def test_c2_restart_loop_power_loss_at_every_syscall_keeps_acks_and_bounds_segments() -> None:
+    """Open then close or kill -9, again and again (a crash-looping service), appending in some rounds only; power
+    loss before every syscall. Each open replaces a head-only tail instead of adding a segment."""
+    res = Result("C2 restart loop: open, close or kill -9, x12; power loss at every syscall", power_loss=True)
+    rng = random.Random(12)
+    acks: list[Ack] = []
+    known: set[bytes] = set()
+
+    def before_op(fs: SimFs, kind: str) -> None:
+        run_matrix_point(fs, acks, known, res, rng, SAMPLES_AFTER_KILL, REOPEN_EVERY)
+
+    fs = SimFs(on_op=before_op)
+    cfg = WalConfig(segment_size=8192, checkpoint_every=5)
+    for i in range(12):
+        wal = Wal.open(WAL_DIR, CTX, config=cfg, fs=fs)
+        if i % 4 == 1:
+            p = stress_payload(12, i, 300)
+            known.add(p)
+            acks.append(Ack(wal.data(bytes(16), p), p, len(fs.trace), wal._seg_id))
+        if i % 3:
+            wal.close()
+        else:  # kill -9: the next process sees the page cache; acks so far stand for every later crash point
+            acks[:] = [Ack(a.lsn, a.payload, 0, a.segment) for a in acks]
+            fs = fs.process_crash(on_op=before_op)
+    fs.on_op = None
+    run_matrix_point(fs, acks, known, res, rng, SAMPLES_AFTER_KILL, REOPEN_EVERY)
+    _results.append(res)
+    segments = [n for n in fs.listdir(WAL_DIR) if n.endswith(".seg")]
+    assert len(segments) <= 4, segments  # three opens appended (a segment each), plus the head-only tail
+    assert res.runs > 500 and res.acked > 0
+    assert res.lost == 0 and res.corrupted_accepted == 0 and res.false_corruption == 0
+
+
 def test_c10_crash_during_recovery_then_recover_twice_gives_the_same_state() -> None:
     """Images with torn tails and tmp files; crash recovery at each of its syscalls; recover twice; compare."""
     res = Result("C10 crash during recovery", power_loss=True)

@@ -493,3 +493,76 @@ def test_segments_a_cut_short_retirement_left_are_ignored_then_deleted() -> None
     assert "wal-0000000000000000.seg" not in fs.listdir(D)
     second = recover(D, SimFs(fs.durable_image()))  # the deletion was made durable
     assert not second.retired and [r.lsn for r in second.records] == [r.lsn for r in first.records]
+
+
+def _segment_files(fs: SimFs) -> dict[str, int]:
+    return {n: fs.size(f"{D}/{n}") for n in fs.listdir(D) if n.endswith(".seg")}
+
+
+def test_a_restart_loop_leaves_a_bounded_number_of_segments_and_bytes() -> None:
+    """Open/close and open/kill -9 (at every syscall of an open) in a loop: each open replaces the head-only tail."""
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    lsn = wal.data(b"j" * 16, b"kept")
+    wal.close()
+    epochs = [wal.epoch]
+    for i in range(40):
+        wal = Wal.open(D, CTX, config=CFG, fs=fs)
+        epochs.append(wal.epoch)
+        if i % 2:
+            wal.close()
+        else:
+            fs = fs.process_crash()  # kill -9 after the open
+    n_ops, killed = len(fs.trace), 0  # fs.trace: the ops of the last open
+    for k in range(n_ops):  # kill -9 at every syscall of an open
+
+        def kill_at(fs: SimFs, kind: str, k: int = k) -> None:
+            if len(fs.trace) == k:
+                raise SimCrash(kind)
+
+        fs = fs.process_crash(on_op=kill_at)
+        try:
+            Wal.open(D, CTX, config=CFG, fs=fs).close()
+        except SimCrash:
+            killed += 1
+        fs.on_op = None
+    assert killed == n_ops > 5
+    files = _segment_files(fs)
+    assert len(files) == 2 and sum(files.values()) == 2 * CFG.segment_size, files  # the one with a record + one
+    assert epochs == sorted(set(epochs))  # every open a new, higher epoch
+    report = recover(D, fs)
+    assert report.corruption is None and [r.lsn for r in report.records if r.type == RecordType.DATA] == [lsn]
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    after = wal.data(b"j" * 16, b"after")
+    wal.close()
+    assert [r.lsn for r in recover(D, fs).records if r.type == RecordType.DATA] == [lsn, after]
+
+
+def test_a_head_only_tail_after_a_retirement_is_followed_once_then_replaced() -> None:
+    """The oldest retained segment's predecessor state is gone (retired): it cannot be rewritten, only followed."""
+    fs = SimFs()
+    _retired_log(fs)
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    wal.commit(b"b" * 16)
+    wal.close()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    assert wal.retire_settled()  # everything before the (empty) active segment: it alone is retained
+    wal.close()
+    assert len(_segment_files(fs)) == 1
+    for _ in range(5):
+        Wal.open(D, CTX, config=CFG, fs=fs).close()
+    assert len(_segment_files(fs)) == 2
+    assert recover(D, fs).corruption is None
+
+
+def test_restarts_on_a_real_disk_keep_disk_use_bounded(tmp_path: Path) -> None:
+    path = str(tmp_path / "w")
+    cfg = WalConfig(segment_size=1 << 20)
+    with Wal.open(path, CTX, config=cfg) as wal:
+        wal.data(b"j" * 16, b"kept")
+    for _ in range(30):
+        Wal.open(path, CTX, config=cfg).close()
+    segs = list(Path(path).glob("*.seg"))
+    used = sum(p.stat().st_blocks * 512 for p in Path(path).iterdir())
+    assert len(segs) == 2 and used <= 2 * cfg.segment_size + 8192, (len(segs), used)
+    assert recover(path).corruption is None
