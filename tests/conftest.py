@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import os
 import socket
 import time
@@ -109,6 +110,7 @@ def test_broker() -> Iterator[LocalBroker]:
     yield broker
     # In CI nothing else shares it: stop it. Developers keep it warm for the next run.
     if started_here and (os.environ.get("CI") or os.environ.get("ESPER_TEST_BROKER_STOP")):
+        gc.collect()  # clients the tests left in reference cycles, destroyed now rather than reconnecting to nothing
         broker.down()
 
 
