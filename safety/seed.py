@@ -137,6 +137,13 @@ def _gate_failure(gate: str, stage: SeedStage, m: SeedMetrics, c: GraftingConfig
     return None
 
 
+# The sigmoid schedule: a logistic curve of this steepness in t - 1/2, rescaled by its values at t = 0 and t = 1 so
+# that it runs from exactly 0 to exactly 1 (constants: computed once, not per call).
+_SIGMOID_STEEPNESS = 10.0
+_SIGMOID_LO = 1 / (1 + math.exp(_SIGMOID_STEEPNESS / 2))
+_SIGMOID_SPAN = 1 / (1 + math.exp(-_SIGMOID_STEEPNESS / 2)) - _SIGMOID_LO
+
+
 def alpha_at(step: int, config: GraftingConfig) -> float:
     """Blend weight after `step` blending steps: 0 -> 1 over fixed_steps, exactly 1 from fixed_steps on.
 
@@ -150,13 +157,13 @@ def alpha_at(step: int, config: GraftingConfig) -> float:
     if config.alpha_schedule == "cosine":
         u = 0.5 * (1.0 - math.cos(math.pi * t))
     elif config.alpha_schedule == "sigmoid":
-        lo, hi = 1 / (1 + math.exp(5.0)), 1 / (1 + math.exp(-5.0))
-        u = (1 / (1 + math.exp(-10.0 * (t - 0.5))) - lo) / (hi - lo)
+        u = (1 / (1 + math.exp(-_SIGMOID_STEEPNESS * (t - 0.5))) - _SIGMOID_LO) / _SIGMOID_SPAN
     else:
         u = t
     if u <= 0.0:
         return 0.0
-    a, b = u ** (1 / config.isolation_temperature), (1 - u) ** (1 / config.isolation_temperature)
+    inv_temperature = 1 / config.isolation_temperature
+    a, b = u**inv_temperature, (1 - u) ** inv_temperature
     return a / (a + b)
 
 
