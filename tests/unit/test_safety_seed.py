@@ -60,6 +60,13 @@ def to_blending(slot: SeedSlot) -> None:
     slot.transition(S.BLENDING)
 
 
+def to_full_blend(slot: SeedSlot) -> None:
+    """Blending, with alpha ramped all the way to 1 (fixed_steps steps)."""
+    to_blending(slot)
+    for _ in range(CFG.fixed_steps):
+        slot.advance()
+
+
 def test_decide_follows_the_lifecycle_and_gates() -> None:
     m = SeedMetrics()
     assert decide(S.DORMANT, S.GERMINATED, m, CFG).gate == "G0"
@@ -119,9 +126,7 @@ def test_illegal_transition_is_a_typed_error_and_an_event() -> None:
 def test_full_lifecycle_emits_every_transition() -> None:
     sink = MemorySink()
     slot = make_slot(sink)
-    to_blending(slot)
-    for _ in range(CFG.fixed_steps):
-        slot.advance()
+    to_full_blend(slot)
     slot.transition(S.SHADOWING)
     slot.transition(S.PROBATIONARY, improvement=0.01)
     slot.transition(S.FOSSILIZED, improvement=0.01)
@@ -140,9 +145,7 @@ def test_full_lifecycle_emits_every_transition() -> None:
 def test_failed_performance_gate_culls_then_embargo_and_reset() -> None:
     sink = MemorySink()
     slot = make_slot(sink)
-    to_blending(slot)
-    for _ in range(CFG.fixed_steps):
-        slot.advance()
+    to_full_blend(slot)
     slot.transition(S.SHADOWING)
     with pytest.raises(IllegalTransitionError):
         slot.transition(S.PROBATIONARY, improvement=-0.5)
@@ -231,9 +234,7 @@ def test_blending_mixes_by_alpha_and_gradients_reach_host_and_seed() -> None:
 def test_at_full_blend_the_host_learns_through_the_seed_alone() -> None:
     slot = make_slot()
     host = Host(slot)
-    to_blending(slot)
-    for _ in range(CFG.fixed_steps):
-        slot.advance()
+    to_full_blend(slot)
     assert slot.metrics().alpha == 1.0
     x = torch.randn(3, 8)
     host(x).pow(2).sum().backward()
@@ -255,14 +256,14 @@ def _stage_then_poison(slot: SeedSlot, where: str) -> None:
     elif where == "embargoed":
         to_training(slot)
         slot.cull("test")
-    elif where in ("paused_blending", "paused_fossilized"):
+    elif where == "paused_blending":
         to_blending(slot)
-        if where == "paused_fossilized":
-            for _ in range(CFG.fixed_steps):
-                slot.advance()
-            slot.transition(S.SHADOWING)
-            slot.transition(S.PROBATIONARY, improvement=0.01)
-            slot.transition(S.FOSSILIZED, improvement=0.01)
+        slot.pause_enter("ops")
+    elif where == "paused_fossilized":
+        to_full_blend(slot)
+        slot.transition(S.SHADOWING)
+        slot.transition(S.PROBATIONARY, improvement=0.01)
+        slot.transition(S.FOSSILIZED, improvement=0.01)
         slot.pause_enter("ops")
     with torch.no_grad():
         slot.seed.weight.fill_(float("nan"))
@@ -293,9 +294,7 @@ def test_paused_slot_is_the_identity_and_resumes_by_itself() -> None:
     clock = ManualClock()
     sink = MemorySink()
     slot = make_slot(sink, clock, safety=ProductionSafetyConfig(max_pause_duration_ms=500))
-    to_blending(slot)
-    for _ in range(CFG.fixed_steps):
-        slot.advance()
+    to_full_blend(slot)
     x = torch.randn(3, 16)
     assert not torch.equal(slot(x), x)
     assert slot.pause_enter("ops")
