@@ -11,7 +11,6 @@ Every limit and switch comes from `ProductionSafetyConfig`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -103,9 +102,7 @@ class PauseController:
         config: ProductionSafetyConfig | None = None,
         clock: Clock = monotonic_ms,
         sink: EventSink | None = None,
-        identity_calls: Callable[[], int] | None = None,
     ) -> None:
-        """`identity_calls` reads the count where the identity kernel runs elsewhere (a slot's forward)."""
         self.instance_id = instance_id
         self.slot_id = slot_id
         self.config = config or ProductionSafetyConfig()
@@ -114,7 +111,6 @@ class PauseController:
         self._state: Paused | None = None
         self._lock = threading.Lock()
         self._identity_calls = 0
-        self._read_identity_calls = identity_calls
 
     @property
     def max_duration_ms(self) -> int:
@@ -122,9 +118,8 @@ class PauseController:
 
     @property
     def identity_calls(self) -> int:
-        """Forwards served by the identity kernel so far."""
-        read = self._read_identity_calls
-        return read() if read is not None else self._identity_calls
+        """Identity service so far: calls of `identity_kernel_output`, plus the steps counted by `count_step`."""
+        return self._identity_calls
 
     @property
     def is_paused(self) -> bool:
@@ -192,10 +187,20 @@ class PauseController:
 
     def identity_kernel_output(self, x: X) -> X:
         """The identity kernel: the input itself, values unchanged. Raises NotPausedError outside a pause."""
-        if self._state is None:
-            raise NotPausedError(f"identity kernel used outside a pause on {self._where()}")
-        self._identity_calls += 1
+        with self._lock:
+            if self._state is None:
+                raise NotPausedError(f"identity kernel used outside a pause on {self._where()}")
+            self._identity_calls += 1
         return x
+
+    def count_step(self) -> bool:
+        """One step of work that runs the identity kernel elsewhere (a slot's forward, which counts nothing itself)
+        is done: counted as one identity call when it ends inside a pause. True when it was counted."""
+        with self._lock:
+            if self._state is None:
+                return False
+            self._identity_calls += 1
+            return True
 
     def get_pause_stats(self) -> dict[str, Any]:
         now = self._clock()

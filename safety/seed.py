@@ -189,7 +189,6 @@ class SeedSlot(nn.Module):
 
     seed: nn.Module
     control: torch.Tensor
-    identity_calls: torch.Tensor
 
     def __init__(
         self,
@@ -210,19 +209,10 @@ class SeedSlot(nn.Module):
         self._sink: EventSink = sink or NullSink()
         # train flag, blend flag, alpha, paused: one buffer, one in-place write per change, no recompiles
         self.register_buffer("control", torch.zeros(4))
-        # forwards served by the identity kernel, counted in the graph (no Python state, no sync per step)
-        self.register_buffer("identity_calls", torch.zeros((), dtype=torch.int64), persistent=False)
         self.stage = SeedStage.DORMANT
         self.steps_in_stage = 0
         self._lock = threading.RLock()
-        self.pause = PauseController(
-            instance_id,
-            slot_id,
-            config=safety,
-            clock=clock,
-            sink=self._sink,
-            identity_calls=lambda: int(self.identity_calls),
-        )
+        self.pause = PauseController(instance_id, slot_id, config=safety, clock=clock, sink=self._sink)
 
     # -- forward (no Python state read here: everything comes from the control buffer) ---------------------
 
@@ -232,7 +222,6 @@ class SeedSlot(nn.Module):
         # (blending on, not paused). Elsewhere the host's gradient is selected by torch.where, never multiplied by
         # zero: a broken seed's NaN/inf would survive 0 * NaN and poison the host.
         paused = ctl[_PAUSED] > 0
-        self.identity_calls.add_(paused.to(torch.int64))
         contributes = (ctl[_BLEND] > 0) & ~paused
         seed_in = torch.where(contributes, x, x.detach()).contiguous()
         s = self.seed(seed_in)
@@ -309,11 +298,18 @@ class SeedSlot(nn.Module):
         breaker.add_listener(on_transition)
 
     def advance(self) -> None:
-        """One training step done: count it, ramp alpha while blending, end an expired pause."""
+        """One training step done: count it, ramp alpha while blending, end an expired pause.
+
+        A step that ends paused counts as one identity call (`pause.identity_calls`), however many forwards it
+        ran (micro-batches, recomputation under activation checkpointing); a pause entered or ended by another
+        thread during the step counts by its state at the step's end."""
         with self._lock:
             self.steps_in_stage += 1
             if self.stage is SeedStage.BLENDING:
                 self.control[_ALPHA] = alpha_at(self.steps_in_stage, self.config)
+        # Counted here, not in the forward: in the graph a count costs every slot a kernel launch per step and is
+        # repeated by recomputation (activation checkpointing). Before tick, which may end this step's pause.
+        self.pause.count_step()
         self.tick()
 
     def _enter(self, stage: SeedStage) -> None:

@@ -44,6 +44,15 @@ def test_identity_kernel_returns_the_input_itself_only_while_paused() -> None:
     assert entered.pause_entered.slot_id == "s0" and entered.pause_entered.identity_kernel_active
 
 
+def test_identity_calls_count_kernel_calls_and_steps_that_end_paused() -> None:
+    p = PauseController("k1", "s0", clock=ManualClock())
+    assert not p.count_step()  # a step outside a pause is no identity service
+    p.enter_pause_with_identity_kernel("ops")
+    p.identity_kernel_output(torch.zeros(1))
+    assert p.count_step()
+    assert p.identity_calls == 2 and p.get_pause_stats()["identity_calls"] == 2
+
+
 def test_pause_expires_after_its_maximum_duration() -> None:
     clock = ManualClock()
     sink = MemorySink()
