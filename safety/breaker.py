@@ -371,6 +371,13 @@ class BreakerCore:
 
     # -- transitions ---------------------------------------------------------------------------------------
 
+    def trip(self, now_ms: float, reason: str) -> Transition | None:
+        """Open a CLOSED or HALF_OPEN breaker on a caller's verdict, whatever its opening rules say; None in any other
+        state (an OPEN breaker keeps its timer, an operator's FORCED_OPEN, DISABLED or METRICS_ONLY stays)."""
+        if self.state not in (CircuitState.CLOSED, CircuitState.HALF_OPEN):
+            return None
+        return self._move(CircuitState.OPEN, now_ms, reason)
+
     def force(self, to_state: CircuitState, now_ms: float, reason: str) -> Transition | None:
         """An operator's transition (any state to any state); None when already there."""
         if to_state is self.state:
@@ -543,6 +550,16 @@ class CircuitBreaker:
         """Call listener(breaker, transition) after every state change (outside the lock); a listener that raises
         is logged and counted in `listener_errors`, never propagated to the call that caused the transition."""
         self._listeners = [*self._listeners, listener]
+
+    def trip(self, reason: str) -> bool:
+        """Open the breaker if it is CLOSED or HALF_OPEN (see `BreakerCore.trip`); True when it opened. The state is
+        checked and changed under the lock, so an operator's transition made meanwhile is never overridden."""
+        now = self._clock()
+        with self._lock:
+            transition = self._core.trip(now, reason)
+        if transition is not None:
+            self._publish_transition(transition)
+        return transition is not None
 
     def transition_to_closed(self, reason: str = "operator") -> None:
         self._force(CircuitState.CLOSED, reason)

@@ -19,7 +19,7 @@ from torch import nn
 from torch._dynamo.utils import counters, get_compilation_metrics
 
 from esper.proto import leyline_pb2 as pb
-from esper.safety.breaker import BreakerRegistry, CircuitBreaker, CircuitState, breaker_check
+from esper.safety.breaker import BreakerRegistry, CircuitBreaker, breaker_check
 from esper.safety.config import ProductionSafetyConfig
 from esper.safety.events import EventSink, NullSink, safety_event
 from esper.safety.exceptions import (
@@ -154,10 +154,8 @@ class CheckpointSafetyManager:
         if not over:
             return breaker_check(self.checkpoint_breaker, None)
         limit = f"{count} recompilations > max_recompilations {self.max_recompilations}"
-        breaker = self.checkpoint_breaker
-        breaker_check(breaker, RecompilationLimitError(f"excessive recompilations: {limit}"))
-        if breaker.state in (CircuitState.CLOSED, CircuitState.HALF_OPEN):  # an operator's forced state stays
-            breaker.transition_to_open(limit)
+        breaker_check(self.checkpoint_breaker, RecompilationLimitError(f"excessive recompilations: {limit}"))
+        self.checkpoint_breaker.trip(limit)  # only from CLOSED or HALF_OPEN: an operator's forced state stays
         return False
 
     def validate_checkpoint_overhead(self, forward_time_ms: float, checkpoint_time_ms: float) -> bool:

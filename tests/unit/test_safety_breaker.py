@@ -281,6 +281,28 @@ def test_forced_disabled_and_metrics_only_states() -> None:
     assert to_states == [pb.CIRCUIT_FORCED_OPEN, pb.CIRCUIT_DISABLED, pb.CIRCUIT_METRICS_ONLY, pb.CIRCUIT_CLOSED]
 
 
+@pytest.mark.parametrize("state", list(CircuitState))
+def test_trip_opens_only_a_closed_or_half_open_breaker(state: CircuitState) -> None:
+    core = BreakerCore(CircuitBreakerConfig())
+    core.force(state, 1.0, "setup")
+    opened_at = core.opened_at_ms
+    transition = core.trip(5.0, "verdict")
+    if state in (CircuitState.CLOSED, CircuitState.HALF_OPEN):
+        assert transition == Transition(state, CircuitState.OPEN, "verdict", 5.0) and core.opened_at_ms == 5.0
+    else:  # an open breaker keeps its timer; an operator's state stays
+        assert transition is None and core.state is state and core.opened_at_ms == opened_at
+
+
+def test_trip_says_whether_it_opened_and_publishes_only_then() -> None:
+    sink = MemorySink()
+    b = make(sink=sink)
+    assert b.trip("verdict") and b.state is CircuitState.OPEN
+    b.transition_to_forced_open()
+    assert not b.trip("again") and b.state is CircuitState.FORCED_OPEN
+    to_states = [e.breaker_transition.to_state for e in sink.of_kind("breaker_transition")]
+    assert to_states == [pb.CIRCUIT_OPEN, pb.CIRCUIT_FORCED_OPEN]
+
+
 def test_every_failure_and_transition_is_an_event_with_stats() -> None:
     sink = MemorySink()
     b = make(sink=sink)

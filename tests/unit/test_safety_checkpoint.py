@@ -69,6 +69,34 @@ def test_real_recompiles_past_the_spec_limit_trip_the_breaker_and_fall_back_to_e
     )
 
 
+def test_an_operators_force_racing_the_limit_trip_is_kept() -> None:
+    # The operator forces the breaker open just after the manager recorded the over-limit failure, at the clock read
+    # that starts the manager's own transition: a state check outside the breaker's lock opened it over the force.
+    clock = ManualClock()
+    force_at_next_read = False
+
+    def racing_clock() -> float:
+        nonlocal force_at_next_read
+        if force_at_next_read:
+            force_at_next_read = False
+            m.checkpoint_breaker.transition_to_forced_open("operator")
+        return clock()
+
+    class ArmingSink(MemorySink):
+        def emit(self, event: pb.SafetyEvent) -> None:
+            nonlocal force_at_next_read
+            super().emit(event)
+            force_at_next_read |= event.WhichOneof("detail") == "breaker_failure"
+
+    sink = ArmingSink()
+    config = ProductionSafetyConfig(max_recompilations=0)
+    m = CheckpointSafetyManager(BreakerRegistry.with_spec_breakers(config, clock=racing_clock, sink=sink), config)
+    assert not m.monitor_checkpoint_recompilation("over the limit at once")
+    assert m.checkpoint_breaker.state is CircuitState.FORCED_OPEN
+    to_states = [e.breaker_transition.to_state for e in sink.of_kind("breaker_transition")]
+    assert to_states == [pb.CIRCUIT_FORCED_OPEN]
+
+
 @torch._dynamo.config.patch(recompile_limit=2)
 def test_without_per_region_limits_dynamos_global_limit_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(checkpoint_module, "_REGION_RECOMPILE_LIMIT", False)
