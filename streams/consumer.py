@@ -2,8 +2,8 @@
 
 Offsets are stored after the handler returns (or after the record's dead letter is acknowledged) and committed
 by librdkafka's auto-commit and on close, so a crash redelivers what was not processed and loses nothing. When a
-dead letter cannot be published, the consumer seeks back to that record, so the next poll tries it again rather
-than committing past it.
+dead letter cannot be published, the consumer seeks back to that record, so the next poll publishes its letter again
+(without handing the record to the handler a second time) rather than committing past it.
 """
 
 from __future__ import annotations
@@ -88,6 +88,9 @@ class LeylineConsumer:
         self.dead_letters = dead_letters or DeadLetterPublisher.connect(bootstrap_servers, group_id)
         self.on_dead_letter = on_dead_letter
         self.stats = ConsumerStats()
+        # Records whose dead letter was not acknowledged, by (topic, partition, offset), with the error that doomed
+        # them: when they come again only the letter is retried, so a handler's side effects never happen twice.
+        self._undelivered: dict[tuple[str, int, int], BaseException] = {}
 
     def poll_once(self, handler: Handler, timeout_s: float = 0.5, max_records: int = 500) -> int:
         """Process at most max_records; returns how many records were settled (handled or dead-lettered).
@@ -123,6 +126,11 @@ class LeylineConsumer:
             self._consumer.seek(TopicPartition(topic, partition, offset))
 
     def _settle(self, msg: Message, handler: Handler) -> None:
+        coordinates = (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+        undelivered = self._undelivered.get(coordinates)
+        if undelivered is not None:  # its fate was decided; only its letter is owed (the handler ran once)
+            self._dead_letter(msg, undelivered)
+            return
         try:
             decoded = decode(msg.value(), msg.headers(), msg.topic())
         except DecodeError as e:
@@ -146,7 +154,13 @@ class LeylineConsumer:
         self._consumer.store_offsets(message=msg)
 
     def _dead_letter(self, msg: Message, error: BaseException) -> None:
-        letter = self.dead_letters.publish(msg, error)
+        coordinates = (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+        try:
+            letter = self.dead_letters.publish(msg, error)
+        except DeadLetterUnavailableError:
+            self._undelivered[coordinates] = error
+            raise
+        self._undelivered.pop(coordinates, None)
         self.stats.dead_lettered += 1
         reason = type(error).__name__
         self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
@@ -162,4 +176,4 @@ class LeylineConsumer:
         """Commit what was processed, leave the group, flush our dead letters."""
         self._consumer.close()
         if self._owns_producer:
-            self.dead_letters.producer.flush(10)
+            self.dead_letters.producer.close(10)

@@ -156,6 +156,16 @@ class LeylineProducer:
         """Wait for outstanding deliveries; returns how many are still queued when the time is up."""
         return int(self._producer.flush(timeout_s))
 
+    def close(self, timeout_s: float = 10.0) -> int:
+        """Flush for up to timeout_s, drop what is still queued (counted as failed), and release the client's
+        connections; returns how many messages were dropped."""
+        left = self.flush(timeout_s)
+        if left:
+            self._producer.purge()
+            self._producer.poll(0)  # their delivery reports (purged) count them as failed
+        self._producer.close()
+        return left
+
     def __len__(self) -> int:
         return len(self._producer)
 
