@@ -58,9 +58,12 @@ def topic_drift(admin: AdminClient, specs: list[TopicSpec]) -> dict[str, list[st
     have been set up by hand, and creation that only says "exists" would hide it."""
     if not specs:
         return {}
-    metadata = admin.list_topics(timeout=10).topics
     resources = [ConfigResource(ResourceType.TOPIC, s.name) for s in specs]
-    configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
+    try:
+        metadata = admin.list_topics(timeout=10).topics
+        configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
+    except KafkaException as e:
+        raise StreamsError(f"could not read the configuration of the existing topics: {e}") from e
     drift: dict[str, list[str]] = {}
     for spec in specs:
         found = metadata.get(spec.name)

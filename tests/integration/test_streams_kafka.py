@@ -23,7 +23,7 @@ from esper.streams.exceptions import DeadLetterUnavailableError
 from esper.streams.kafka_dist import KafkaDistribution
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import ALL_TOPICS, CONTROL_PAUSE, DEADLETTER, TELEMETRY, TopicSpec
-from tests.unit.test_envelope import every_sample, topic_of
+from tests.contract_samples import every_sample, topic_of
 
 pytestmark = pytest.mark.broker
 REPO = Path(__file__).resolve().parents[2]
