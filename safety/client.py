@@ -83,8 +83,9 @@ class KasminaClient:
     """Publishes a training process's telemetry and safety events, and applies pause commands to its slots.
 
     `safety` drives the pause quota (unless `quota` is given) and the timing validator; slots keep their own
-    config (pass the same one). `authorization_tokens`: when given, a command must carry one of them; None accepts
-    any command (a broker nobody else can write to)."""
+    config (pass the same one): a pause command is refused, before any quota is spent, when this config or the
+    config of a slot it would pause refuses pauses. `authorization_tokens`: when given, a command must carry one
+    of them; None accepts any command (a broker nobody else can write to)."""
 
     def __init__(
         self,
@@ -291,9 +292,10 @@ class KasminaClient:
         to_pause = [slot for slot in targets if not slot.is_paused]
         if not to_pause:
             return  # already paused: the pause in force is kept and no quota is spent
-        refusal = pause_refusal(self.safety)
-        if refusal is not None:
-            raise PauseRefusedError(f"pause command {cmd.command_id!r} refused: {refusal}")
+        # Every refusal before any quota is spent or any slot paused: a command pauses all its targets or none.
+        refusals = self._pause_refusals(to_pause)
+        if refusals:
+            raise PauseRefusedError(f"pause command {cmd.command_id!r} refused: {'; '.join(refusals)}")
         configured = self.safety.max_pause_duration_ms
         max_duration = cmd.max_duration_ms or None
         # the quota asked for: the command's, else the pause time it asks for (capped by the configuration)
@@ -302,6 +304,11 @@ class KasminaClient:
             raise PauseRefusedError(f"pause command {cmd.command_id!r} refused: no pause quota left")
         for slot in to_pause:
             slot.pause_enter(cmd.reason or "pause command", decision.granted, max_duration, cmd.command_id)
+
+    def _pause_refusals(self, slots: Iterable[SeedSlot]) -> list[str]:
+        """Why this client's config, or the own config of one of `slots`, refuses pauses (empty: none does)."""
+        configs = [(self.instance_id, self.safety), *((f"slot {s.slot_id}", s.pause.config) for s in slots)]
+        return [f"{where}: {why}" for where, config in configs if (why := pause_refusal(config)) is not None]
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 

@@ -143,6 +143,18 @@ def test_a_configuration_without_pauses_refuses_commands_before_spending_quota(s
         c.close(timeout_s=0.2)
 
 
+def test_a_slot_refusing_pauses_by_its_own_config_refuses_the_whole_command_first(
+    client: KasminaClient, sent: Sent
+) -> None:
+    no_kernel = ProductionSafetyConfig(identity_kernel_enabled=False)
+    client.add_slot(SeedSlot("s1", nn.Linear(4, 4), instance_id="k1", safety=no_kernel, sink=client))
+    with pytest.raises(PauseRefusedError, match=r"s1.*identity_kernel_enabled"):
+        command(client, action=pb.PAUSE_ENTER, quota_ms=100)  # every slot, s0 first
+    assert not client.slots["s0"].is_paused
+    client.flush(5)
+    assert sent.safety("quota_decision") == []  # no quota requested
+
+
 def test_command_processing_time_is_published_as_standard_metric_points(client: KasminaClient, sent: Sent) -> None:
     command(client, action=pb.PAUSE_EXIT)
     client.flush(5)
