@@ -209,23 +209,30 @@ def recover(
         if scan.finding.kind == "corruption":
             break
         accepted.append((name, size, scan.finding.truncate_to))
-    if repair and report.corruption is None and report.retired:
+    if repair and report.corruption is None:
         for name in report.retired:  # finish a retirement cut short: the manifest already moved past them
             fs.unlink(os.path.join(path, name))
-    if repair and report.corruption is None:
         # What was read may be only in the page cache (a killed writer's unsynced batch, a cut whose fsync failed):
         # make it durable before a writer chains a new segment to it, or a power cut leaves a gap behind acked records.
-        for name, size, cut in accepted:
-            fd = fs.open_rw(os.path.join(path, name))
-            try:
-                if cut is not None and size > cut:
-                    fs.ftruncate(fd, cut)
-                    report.truncated.append((name, size, cut))
-                    fs.fsync(fd)
-                else:
-                    fs.fdatasync(fd)  # a no-op on the disk when already synced
-            finally:
-                fs.close(fd)
+        # Only the last segment can hold such bytes: the writer syncs every batch before it rolls (a failed sync or
+        # write is fatal: nothing rolls after it), Wal.open rolls only after this sync of the then-last segment, and
+        # only the last one is ever cut. A head-only tail that Wal.open replaces is skipped unless it needs a cut: its
+        # head was fsynced before its name existed, and a new head is renamed over it.
+        if accepted:
+            name, size, cut = accepted[-1]
+            if cut is not None and size <= cut:
+                cut = None  # nothing past it to cut: a plain sync below
+            if cut is not None or report.reusable_tail is None:
+                fd = fs.open_rw(os.path.join(path, name))
+                try:
+                    if cut is not None:
+                        fs.ftruncate(fd, cut)
+                        report.truncated.append((name, size, cut))
+                        fs.fsync(fd)
+                    else:
+                        fs.fdatasync(fd)  # a no-op on the disk when already synced
+                finally:
+                    fs.close(fd)
     if repair and (tmps or accepted or report.retired):
         # the tmp and retired deletions, and the names of the manifest and accepted segments (a rename not yet synced)
         fs.fsync_dir(path)

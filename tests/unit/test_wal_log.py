@@ -172,6 +172,28 @@ def test_recovery_syncs_a_cut_whose_fsync_failed() -> None:
     assert report.corruption is None and acked in [r.lsn for r in report.records]
 
 
+def test_recovery_syncs_only_the_last_segment_and_not_a_head_only_tail_it_replaces() -> None:
+    """Earlier segments were synced before the next one existed; a head-only tail's head before its rename."""
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    for i in range(8):
+        wal.data(bytes(16), stress_payload(0, i, 1500))  # rolls
+    wal.close()
+    segments = recover(D, fs).segments
+    assert len(segments) >= 3
+    n = len(fs.trace)
+    recover(D, fs)
+    syncs = [k for k, _ in fs.trace[n:] if k in ("fdatasync", "fsync", "ftruncate")]
+    assert syncs == ["fdatasync"]
+    Wal.open(D, CTX, config=CFG, fs=fs).close()  # leaves a head-only tail
+    n = len(fs.trace)
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)  # replaces it
+    wal.close()
+    parent_and_recovery = ["fsync_dir", "fsync_dir"]
+    new_head = ["create", "fallocate", "pwrite", "fsync", "rename", "fsync_dir"]
+    assert [k for k, _ in fs.trace[n:]] == parent_and_recovery + new_head
+
+
 def test_an_io_error_is_fatal_and_never_retried() -> None:
     fs = FaultFs("eio_sync", at=5)  # dir, tmp, dir syncs in open; the first append; then this
     wal = Wal.open(D, CTX, config=CFG, fs=fs)
