@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import crc32c
@@ -86,20 +86,49 @@ def read_manifest(fs: FileSystem, path: str) -> Manifest | str | None:
         return Manifest.decode(bytes(buf))
 
 
-def write_manifest(fs: FileSystem, path: str, manifest: Manifest) -> None:
-    """Replace the manifest durably (WAL-NOTES rule 8): tmp, write, fsync, rename, fsync the directory."""
-    final = os.path.join(path, MANIFEST_NAME)
+def _pwrite_all(fs: FileSystem, fd: int, data: bytes, offset: int) -> None:
+    """One pwrite of all of `data`; a short write is an error (WAL-NOTES rule 3: never retried)."""
+    n = fs.pwrite(fd, data, offset)
+    if n != len(data):
+        raise OSError(f"short write: {n} of {len(data)} bytes")
+
+
+def _create_durably(
+    fs: FileSystem,
+    directory: str,
+    name: str,
+    data: bytes,
+    *,
+    prealloc: int | None = None,
+    sync_dir: Callable[[], None] | None = None,
+) -> int:
+    """Create or replace `name` durably (WAL-NOTES rules 2 and 8): create its tmp, preallocate `prealloc` bytes, write
+    `data` at 0, fsync, rename over `name`, fsync the directory (`sync_dir`, when given, does that last step).
+
+    Returns the open descriptor, which the caller closes; on any error it is closed here and the error propagates.
+    """
+    final = os.path.join(directory, name)
     tmp = final + TMP_SUFFIX
-    data = manifest.encode()
     fd = fs.open_create(tmp)
     try:
-        if fs.pwrite(fd, data, 0) != len(data):
-            raise OSError(f"short write of {tmp}")
+        if prealloc is not None:
+            fs.fallocate(fd, 0, prealloc)
+        _pwrite_all(fs, fd, data, 0)
         fs.fsync(fd)
-    finally:
+        fs.rename(tmp, final)
+        if sync_dir is None:
+            fs.fsync_dir(directory)
+        else:
+            sync_dir()
+    except BaseException:
         fs.close(fd)
-    fs.rename(tmp, final)
-    fs.fsync_dir(path)
+        raise
+    return fd
+
+
+def write_manifest(fs: FileSystem, path: str, manifest: Manifest) -> None:
+    """Replace the manifest durably (WAL-NOTES rule 8): tmp, write, fsync, rename, fsync the directory."""
+    fs.close(_create_durably(fs, path, MANIFEST_NAME, manifest.encode()))
 
 
 @dataclass(frozen=True)
@@ -543,9 +572,7 @@ class Wal:
     def _durable_write(self, data: bytes) -> None:
         """The only place batch bytes reach the segment: pwrite them, then fdatasync; never retried."""
         assert self._seg_fd is not None
-        n = self.fs.pwrite(self._seg_fd, data, self._seg_off)
-        if n != len(data):
-            raise OSError(f"short write: {n} of {len(data)} bytes")
+        _pwrite_all(self.fs, self._seg_fd, data, self._seg_off)
         self._seg_off += len(data)
         self._sync_segment(self._seg_fd)
 
@@ -655,26 +682,19 @@ class Wal:
         head_size = HEADER_SIZE + padded(SEGMENT_BODY_SIZE) + self._checkpoint_bytes(lsn)
         need = head_size + self._batch_bytes(nbytes, count, cp, lsn + 2)
         size = max(self.config.segment_size, (need + 4095) // 4096 * 4096)
-        final = os.path.join(self.path, segment_name(sid))
-        tmp = final + TMP_SUFFIX
-        fd = self.fs.open_create(tmp)
-        self._seg_fd, self._seg_id, self._seg_off, self._seg_size, self._prev_off = fd, sid, 0, size, 0
-        self.fs.fallocate(fd, 0, size)
+        self._seg_id, self._seg_off, self._seg_size, self._prev_off = sid, 0, size, 0
         ts = time.time_ns()
         start = Manifest(self._uuid, sid, self._next_lsn, self._chain)
         seg_body = SegmentBody(self._chain, self._next_lsn, size).encode()
         parts: list[bytes] = []
         self._encode_records([(RecordType.SEGMENT, bytes(16), seg_body)], 0, 2, ts, parts)
         self._encode_records([(RecordType.CHECKPOINT, bytes(16), self._checkpoint_payload())], 1, 2, ts, parts)
-        head = b"".join(parts)
         self._since_checkpoint = 0
         self._batch_id += 1
-        n = self.fs.pwrite(fd, head, 0)
-        if n != len(head):
-            raise OSError(f"short write: {n} of {len(head)} bytes")
-        self.fs.fsync(fd)
-        self.fs.rename(tmp, final)
-        self._sync_dir()  # the new name must be durable before any record in it is acknowledged
+        # the new name must be durable before any record in it is acknowledged
+        self._seg_fd = _create_durably(
+            self.fs, self.path, segment_name(sid), b"".join(parts), prealloc=size, sync_dir=self._sync_dir
+        )
         self._segments.append(sid)
         self._starts[sid] = start
         self._seg_txns[sid] = set()
