@@ -40,6 +40,16 @@ D = "/w/log"
 CFG = WalConfig(segment_size=8192, checkpoint_every=4)
 
 
+def written_log(n: int, size: int = 100) -> SimFs:
+    """A closed log on a new simulated disk: `n` DATA records of `size`-byte stress payloads."""
+    fs = SimFs()
+    wal = Wal.open(D, CTX, config=CFG, fs=fs)
+    for i in range(n):
+        wal.data(bytes(16), stress_payload(0, i, size))
+    wal.close()
+    return fs
+
+
 def test_appends_survive_reopen_with_checkpoints_and_a_new_epoch() -> None:
     fs = SimFs()
     wal = Wal.open(D, CTX, config=CFG, fs=fs)
@@ -78,11 +88,7 @@ def test_unsettled_jobs_and_retirement_of_settled_segments() -> None:
 
 
 def test_corruption_in_the_middle_is_reported_and_refused_not_skipped() -> None:
-    fs = SimFs()
-    wal = Wal.open(D, CTX, config=CFG, fs=fs)
-    for i in range(6):
-        wal.data(bytes(16), stress_payload(0, i, 100))
-    wal.close()
+    fs = written_log(6)
     path = f"{D}/wal-0000000000000000.seg"
     ino = fs.inodes[fs.names[path]]
     ino.data[1024 + 40] ^= 1  # a header byte of the third record
@@ -94,11 +100,7 @@ def test_corruption_in_the_middle_is_reported_and_refused_not_skipped() -> None:
 
 
 def test_torn_tail_is_cut_and_synced_and_recovery_is_idempotent() -> None:
-    fs = SimFs()
-    wal = Wal.open(D, CTX, config=CFG, fs=fs)
-    for i in range(3):
-        wal.data(bytes(16), stress_payload(0, i, 100))
-    wal.close()
+    fs = written_log(3)
     path = f"{D}/wal-0000000000000000.seg"
     ino = fs.inodes[fs.names[path]]
     end = recover(D, fs, repair=False).findings[-1].offset
@@ -152,11 +154,7 @@ def test_recovery_makes_a_killed_writers_unsynced_batch_durable_before_building_
 def test_recovery_syncs_a_cut_whose_fsync_failed() -> None:
     """The cut reached the page cache but its fsync failed (EIO): the next open sees nothing to cut, yet the disk
     still holds the torn tail; syncing only when it cuts would chain a new segment to a tail a power cut revives."""
-    fs = SimFs()
-    wal = Wal.open(D, CTX, config=CFG, fs=fs)
-    for i in range(3):
-        wal.data(bytes(16), stress_payload(0, i, 100))
-    wal.close()
+    fs = written_log(3)
     path = f"{D}/wal-0000000000000000.seg"
     end = recover(D, fs, repair=False).findings[-1].offset
     fd = fs.open_rw(path)
@@ -174,11 +172,7 @@ def test_recovery_syncs_a_cut_whose_fsync_failed() -> None:
 
 def test_recovery_syncs_only_the_last_segment_and_not_a_head_only_tail_it_replaces() -> None:
     """Earlier segments were synced before the next one existed; a head-only tail's head before its rename."""
-    fs = SimFs()
-    wal = Wal.open(D, CTX, config=CFG, fs=fs)
-    for i in range(8):
-        wal.data(bytes(16), stress_payload(0, i, 1500))  # rolls
-    wal.close()
+    fs = written_log(8, size=1500)  # rolls
     segments = recover(D, fs).segments
     assert len(segments) >= 3
     n = len(fs.trace)
