@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from google.protobuf import json_format
 from google.protobuf import message as pb_message
-from google.protobuf.unknown_fields import UnknownFieldSet
 
 from esper.streams.exceptions import (
     MalformedPayloadError,
@@ -257,20 +256,9 @@ def _is_json_object(value: bytes) -> bool:
 
 
 def _has_unknown_fields(message: pb_message.Message) -> bool:
-    """Garbage bytes often parse as unknown fields; at our own schema version that is malformed. Checked on the
-    parsed tree, not by comparing sizes, so legal encodings of known fields (explicit zeros, repeated fields,
-    unpacked scalars, long varints) are accepted."""
-    if len(UnknownFieldSet(message)):
-        return True
-    for field, value in message.ListFields():
-        entry = field.message_type
-        if entry is None:
-            continue
-        if entry.GetOptions().map_entry:
-            value_field = entry.fields_by_name["value"]
-            children = list(value.values()) if value_field.message_type is not None else []
-        else:
-            children = list(value) if field.is_repeated else [value]
-        if any(_has_unknown_fields(child) for child in children):
-            return True
-    return False
+    """Garbage bytes often parse as unknown fields; at our own schema version that is malformed. Judged by what
+    discarding them (recursively) takes off the message's size, not by the wire size, so legal encodings of known
+    fields (explicit zeros, repeated fields, unpacked scalars, long varints) are accepted."""
+    size = message.ByteSize()
+    message.DiscardUnknownFields()
+    return message.ByteSize() != size
