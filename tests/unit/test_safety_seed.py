@@ -35,6 +35,14 @@ class Host(nn.Module):
         return self.b(self.slot(torch.relu(self.a(x))))
 
 
+def twin_hosts(slot: SeedSlot) -> tuple[Host, Host]:
+    """The same host twice, with the same weights: without the slot (a plain identity there) and with it."""
+    plain, with_slot = Host(None), Host(slot)
+    with_slot.a.load_state_dict(plain.a.state_dict())
+    with_slot.b.load_state_dict(plain.b.state_dict())
+    return plain, with_slot
+
+
 def make_slot(sink: MemorySink | None = None, clock: ManualClock | None = None, **kw: object) -> SeedSlot:
     torch.manual_seed(1)
     return SeedSlot(
@@ -177,11 +185,8 @@ def grads(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def test_training_seed_changes_neither_host_output_nor_host_gradients_but_learns() -> None:
     torch.manual_seed(0)
-    plain = Host(None)
     slot = make_slot()
-    with_slot = Host(slot)
-    with_slot.a.load_state_dict(plain.a.state_dict())
-    with_slot.b.load_state_dict(plain.b.state_dict())
+    plain, with_slot = twin_hosts(slot)
     to_training(slot)
     x = torch.randn(5, 8).to(memory_format=torch.contiguous_format)
     out_plain, out_slot = plain(x), with_slot(x)
@@ -275,11 +280,8 @@ def _stage_then_poison(slot: SeedSlot, where: str) -> None:
 )
 def test_a_broken_seed_cannot_touch_the_host_where_it_does_not_contribute(where: str) -> None:
     torch.manual_seed(0)
-    plain = Host(None)
     slot = make_slot()
-    host = Host(slot)
-    host.a.load_state_dict(plain.a.state_dict())
-    host.b.load_state_dict(plain.b.state_dict())
+    plain, host = twin_hosts(slot)
     _stage_then_poison(slot, where)
     x = torch.randn(5, 8)
     out_plain, out = plain(x), host(x)
