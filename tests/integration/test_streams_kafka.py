@@ -148,7 +148,7 @@ def test_a_failing_handler_dead_letters_the_record_and_goes_on(kafka_bootstrap: 
     producer = LeylineProducer(kafka_bootstrap)
     for i in range(3):
         producer.send(TELEMETRY.name, pb.TelemetryPacket(packet_id=f"{run_id}-{i}"), key=run_id)
-    producer.flush(30)
+    assert producer.close(30) == 0  # closed now: the handler's logged error keeps this frame alive to the end
     seen: list[str] = []
 
     def handler(record: Record) -> None:
@@ -294,6 +294,7 @@ def test_a_dead_letter_the_broker_refuses_is_retried_never_skipped(kafka_bootstr
     refused = pb.PauseCommand(command_id=f"{run_id}-0", reason="r" * 5000, target_instance=run_id)
     producer.send_sync(topic, refused)  # offset 0: the handler refuses it; its letter is over 1000 bytes
     producer.send_sync(topic, pause_command(run_id, 1))
+    producer.close()  # the handler's logged error keeps this frame alive to the end of the session
 
     group = f"dlq-retry-{run_id}"
     refusing = DeadLetterPublisher(LeylineProducer(kafka_bootstrap, **{"message.max.bytes": 1000}), group)
