@@ -187,10 +187,8 @@ class PauseController:
 
     def identity_kernel_output(self, x: X) -> X:
         """The identity kernel: the input itself, values unchanged. Raises NotPausedError outside a pause."""
-        with self._lock:
-            if self._state is None:
-                raise NotPausedError(f"identity kernel used outside a pause on {self._where()}")
-            self._identity_calls += 1
+        if not self.count_step():
+            raise NotPausedError(f"identity kernel used outside a pause on {self._where()}")
         return x
 
     def count_step(self) -> bool:

@@ -120,14 +120,13 @@ class LeylineConsumer:
         first: dict[tuple[str, int], int] = {}
         for msg in unsettled:
             if msg.error() is None:
-                tp = (msg.topic() or "", msg.partition() or 0)
-                first[tp] = min(first.get(tp, msg.offset() or 0), msg.offset() or 0)
+                topic, partition, offset = _coordinates(msg)
+                first[topic, partition] = min(first.get((topic, partition), offset), offset)
         for (topic, partition), offset in first.items():
             self._consumer.seek(TopicPartition(topic, partition, offset))
 
     def _settle(self, msg: Message, handler: Handler) -> None:
-        coordinates = (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
-        undelivered = self._undelivered.get(coordinates)
+        undelivered = self._undelivered.get(_coordinates(msg))
         if undelivered is not None:  # its fate was decided; only its letter is owed (the handler ran once)
             self._dead_letter(msg, undelivered)
             return
@@ -154,7 +153,7 @@ class LeylineConsumer:
         self._consumer.store_offsets(message=msg)
 
     def _dead_letter(self, msg: Message, error: BaseException) -> None:
-        coordinates = (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+        coordinates = _coordinates(msg)
         try:
             letter = self.dead_letters.publish(msg, error)
         except DeadLetterUnavailableError:
@@ -177,3 +176,8 @@ class LeylineConsumer:
         self._consumer.close()
         if self._owns_producer:
             self.dead_letters.producer.close(10)
+
+
+def _coordinates(msg: Message) -> tuple[str, int, int]:
+    """Where a record sits in the log: (topic, partition, offset)."""
+    return msg.topic() or "", msg.partition() or 0, msg.offset() or 0

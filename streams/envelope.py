@@ -55,6 +55,10 @@ MESSAGE_TYPES: dict[str, type[pb_message.Message]] = {
 }
 
 
+# What the parsers raise on bad bytes or text (deep nesting included); each becomes a MalformedPayloadError.
+_PARSE_ERRORS = (json_format.ParseError, pb_message.DecodeError, UnicodeDecodeError, RecursionError, ValueError)
+
+
 @dataclass(frozen=True)
 class Envelope:
     """Who sent a message, why, and when: what DESIGN section 3 asks every message to carry."""
@@ -142,13 +146,7 @@ def decode(value: bytes | None, headers: Headers | None, topic: str | None = Non
             message.ParseFromString(value)
             if not newer_minor and _has_unknown_fields(message):
                 raise MalformedPayloadError(f"payload holds fields unknown to {type_name} at schema {SCHEMA_VERSION}")
-    except (
-        json_format.ParseError,
-        pb_message.DecodeError,
-        UnicodeDecodeError,
-        RecursionError,
-        ValueError,
-    ) as e:
+    except _PARSE_ERRORS as e:
         raise MalformedPayloadError(f"payload is not a valid {type_name} ({content_type}): {e}") from e
     envelope = Envelope(
         message_type=type_name,
@@ -168,7 +166,7 @@ def message_from_json(text: str | bytes, cls: type[pb_message.Message]) -> pb_me
     message = cls()
     try:
         _parse_json(text, message, ignore_unknown_fields=False)
-    except (json_format.ParseError, UnicodeDecodeError, RecursionError, ValueError) as e:
+    except _PARSE_ERRORS as e:
         raise MalformedPayloadError(f"not a valid {cls.DESCRIPTOR.full_name}: {e}") from e
     return message
 
