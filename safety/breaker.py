@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
 import threading
 import time
 from collections import deque
@@ -42,6 +43,8 @@ __all__ = [
     "breaker_check",
     "safe_assert",
 ]
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -117,13 +120,15 @@ class CircuitBreakerConfig:
             raise ConfigError("CircuitBreakerConfig", problems)
 
     def is_failure(self, error: BaseException) -> bool | None:
-        """True: a recorded failure; False: counts as a success; None: ignored (neither)."""
+        """True: a recorded failure; False: counts as a success; None: ignored (neither). Raises what the
+        predicate raises (the breaker records that call as a failure)."""
         if isinstance(error, self.ignore_exceptions):
             return None
         if not isinstance(error, self.record_exceptions):
             return None
         if self.record_failure_predicate is not None:
-            return self.record_failure_predicate(error)
+            # bool(): a falsy answer such as re.search's None is "not a failure", never "ignored"
+            return bool(self.record_failure_predicate(error))
         return True
 
 
@@ -443,6 +448,7 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._listeners: list[TransitionListener] = []
         self.listener_errors = 0  # listeners that raised (logged; the protected call never sees them)
+        self.predicate_errors = 0  # record_failure_predicate calls that raised (logged; the call counted as failed)
         self._timed = self.config.slow_call_rate_threshold is not None
         # The default clock is read as time.monotonic_ns() / 1e6 inline on the call path (the same value as
         # monotonic_ms, minus a Python frame); any other clock (a test's ManualClock) is called as given.
@@ -515,10 +521,21 @@ class CircuitBreaker:
             self._publish_transition(transition)
 
     def _record_error(self, epoch: int, error: BaseException, start: float) -> None:
-        verdict = self.config.is_failure(error)
+        try:
+            verdict = self.config.is_failure(error)
+            predicate_failed = False
+        except Exception:
+            # A broken predicate must not hide the failure, keep a probe's permit, or replace the call's exception.
+            log.exception(
+                "circuit breaker %s: record_failure_predicate raised; %s counted as a failure",
+                self.name,
+                type(error).__name__,
+            )
+            verdict, predicate_failed = True, True
         now = self._clock()
         duration_ms = now - start
         with self._lock:
+            self.predicate_errors += predicate_failed
             if verdict is None:
                 self._core.release(epoch)
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 from collections import deque
@@ -210,6 +211,50 @@ def test_record_predicate_decides_what_is_a_failure() -> None:
             b.call(lambda: (_ for _ in ()).throw(ValueError("benign")))
     assert b.state is CircuitState.CLOSED
     assert b.get_stats().total_successes == 5
+
+
+def judge_only_fatal(e: BaseException) -> bool:
+    """A buggy predicate: KeyError for any message it was not written for."""
+    return {"fatal": True, "benign": False}[str(e)]
+
+
+def test_a_raising_predicate_makes_the_call_a_failure_and_the_caller_gets_its_own_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = MemorySink()
+    b = make(sink=sink, record_failure_predicate=judge_only_fatal)
+    own = Boom("unjudged")
+    for _ in range(3):
+        with pytest.raises(Boom) as info:
+            b.call(lambda: (_ for _ in ()).throw(own))
+        assert info.value is own
+    assert b.state is CircuitState.OPEN and b.get_stats().total_failures == 3
+    assert b.predicate_errors == 3
+    assert [f.breaker_failure.error_type for f in sink.of_kind("breaker_failure")] == ["Boom"] * 3
+    assert sum("predicate" in r.getMessage() and r.exc_info is not None for r in caplog.records) == 3
+
+
+def test_a_raising_predicate_on_a_probe_reopens_instead_of_keeping_its_permit() -> None:
+    clock = ManualClock()
+    b = make(clock, record_failure_predicate=judge_only_fatal)
+    for _ in range(3):
+        with pytest.raises(Boom):
+            b.call(lambda: (_ for _ in ()).throw(Boom("fatal")))
+    clock.advance(1000)
+    with pytest.raises(Boom):
+        b.call(lambda: (_ for _ in ()).throw(Boom("unjudged")))
+    assert b.state is CircuitState.OPEN  # a failing probe, not a permit gone for good
+    clock.advance(1000)
+    assert (b.call(ok), b.call(ok)) == ("ok", "ok")
+    assert b.state is CircuitState.CLOSED
+
+
+def test_a_predicate_answering_none_counts_the_call_as_a_success_not_as_ignored() -> None:
+    b = make(record_failure_predicate=lambda e: re.search("fatal", str(e)))  # a Match or None, not a bool
+    with pytest.raises(Boom):
+        b.call(lambda: (_ for _ in ()).throw(Boom("benign")))
+    s = b.get_stats()
+    assert (s.total_successes, s.total_failures, s.total_calls) == (1, 0, 1)
 
 
 def test_failure_rate_over_count_window_needs_the_minimum_number_of_calls() -> None:
