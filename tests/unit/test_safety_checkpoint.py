@@ -3,7 +3,7 @@ memory from real readings, and the recoverable-failure fallback."""
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -120,43 +120,64 @@ def test_overhead_warning_at_20_percent_and_breaker_failure_at_30() -> None:
     assert [e.checkpoint_overhead.critical for e in sink.of_kind("checkpoint_overhead")] == [False, True]
 
 
+def test_overhead_is_the_ratio_of_the_medians_of_steps_timed_one_by_one() -> None:
+    """A clock only the steps advance: each step's time is known, so the medians and the ratio are exact."""
+    now_ns = 0
+    steps: list[str] = []
+    durations_ms = {
+        # warmup first (never sampled: with it the medians would be 35 and 50), then five rounds in call order
+        "plain": iter([1000, 10, 30, 20, 40, 200]),  # median 30 (mean 60)
+        "ckpt": iter([1000, 25, 45, 35, 55, 65]),  # median 45
+    }
+
+    def step(name: str) -> Callable[[], None]:
+        def run() -> None:
+            nonlocal now_ns
+            steps.append(name)
+            now_ns += next(durations_ms[name]) * 1_000_000
+
+        return run
+
+    result = measure_checkpoint_overhead(step("plain"), step("ckpt"), rounds=5, warmup=1, timer_ns=lambda: now_ns)
+    # each round alternates which goes first (AB BA AB BA AB), after one warmup pair
+    assert steps == ["plain", "ckpt"] + ["plain", "ckpt", "ckpt", "plain"] * 2 + ["plain", "ckpt"]
+    assert (result.base_ms, result.checkpoint_ms, result.ratio) == (30.0, 45.0, 0.5)
+    m = manager(MemorySink())
+    assert m.validate_checkpoint_overhead(result.base_ms, result.checkpoint_ms) is False  # 50% > 30%: critical
+    assert m.checkpoint_breaker.get_stats().total_failures == 1
+
+
 def test_overhead_measured_by_interleaving_real_checkpointed_steps() -> None:
-    calls: list[str] = []
+    """The real timer and real checkpointing: what ran and in what order, never how long it took."""
+    steps: list[str] = []
+    forwards: list[str] = []
 
-    class Recomputed(nn.Module):
-        """A forward that costs a fixed 20 ms and a cheap backward: checkpointing runs the forward twice."""
-
+    class Recorded(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.lin = nn.Linear(8, 8)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            calls.append(mode)
-            time.sleep(0.02)
+            forwards.append(steps[-1])
             return self.lin(x)
 
-    block = Recomputed()
+    block = Recorded()
     x = torch.randn(4, 8, requires_grad=True)
-    mode = ""
 
     def plain() -> None:
-        nonlocal mode
-        mode = "plain"
+        steps.append("plain")
         block(x).sum().backward()
 
     def ckpt() -> None:
-        nonlocal mode
-        mode = "ckpt"
+        steps.append("ckpt")
         checkpoint(block, x, use_reentrant=False).sum().backward()
 
     result = measure_checkpoint_overhead(plain, ckpt, rounds=6, warmup=1)
-    # 7 real steps each, interleaved (ABAB then BABA...), and the checkpointed ones recomputed their forward
-    assert calls.count("plain") == 7 and calls.count("ckpt") == 14
-    runs = [mode for i, mode in enumerate(calls) if i == 0 or calls[i - 1] != mode]
-    assert runs[:4] == ["plain", "ckpt", "plain", "ckpt"] or runs[:4] == ["ckpt", "plain", "ckpt", "plain"]
-    # the recomputed forward doubles the step (about +100%, far from the noise): critical for the manager
-    assert result.ratio > 0.5
-    assert manager(MemorySink()).validate_checkpoint_overhead(result.base_ms, result.checkpoint_ms) is False
+    # 7 real steps each, interleaved (a warmup pair, then AB BA AB BA AB BA)
+    assert steps == ["plain", "ckpt"] + ["plain", "ckpt", "ckpt", "plain"] * 3
+    # and the checkpointed ones recomputed their forward in the backward pass
+    assert (forwards.count("plain"), forwards.count("ckpt")) == (7, 14)
+    assert result.base_ms > 0 and result.checkpoint_ms > 0  # the real timer was read around each step
 
 
 def test_teacher_memory_from_a_real_reading() -> None:
