@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.descriptor import Descriptor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +21,8 @@ from esper.streams.exceptions import (
     UnsupportedContentTypeError,
     UnsupportedVersionError,
 )
-from esper.streams.topics import ALL_TOPICS, COMPILATION_RESULTS, CONTROL_PAUSE, TELEMETRY
-from tests.contract_samples import CONTRACTS, SAFETY_KINDS, safety_event, sample, topic_of
+from esper.streams.topics import ALL_TOPICS, COMPILATION_REQUESTS, COMPILATION_RESULTS, CONTROL_PAUSE, TELEMETRY
+from tests.contract_samples import CONTRACTS, SAFETY_KINDS, safety_event, sample, samples, topic_of
 
 
 @pytest.mark.parametrize("cls", CONTRACTS, ids=lambda c: c.DESCRIPTOR.name)
@@ -45,7 +48,18 @@ def test_every_kind_of_safety_event_round_trips(kind: str, content_type: str) ->
 
 
 def test_every_topic_contract_is_covered_by_the_samples() -> None:
-    assert {c.DESCRIPTOR.full_name for c in CONTRACTS} == set(env.MESSAGE_TYPES)
+    """Three sources, none derived from another: the .proto, the topic registry and the hand-written samples."""
+    declared = {m.full_name for m in pb.DESCRIPTOR.message_types_by_name.values()}
+    contained = {
+        f.message_type.full_name
+        for m in pb.DESCRIPTOR.message_types_by_name.values()
+        for f in m.fields
+        if f.message_type
+    }
+    carried = {name for spec in ALL_TOPICS for name in spec.type_names}
+    # a message no other message contains exists only to be sent as a record: some topic must carry it
+    assert declared - contained <= carried <= declared
+    assert {cls.DESCRIPTOR.full_name for cls in samples()} == carried
 
 
 def test_hashed_and_signed_contracts_have_no_map_fields() -> None:
@@ -199,12 +213,42 @@ def test_hostile_records_only_raise_typed_decode_errors(value: bytes | None, hea
     assert decoded.message.DESCRIPTOR.full_name == decoded.envelope.message_type
 
 
-@settings(max_examples=100, deadline=None)
-@given(depth=st.integers(min_value=50, max_value=5000))
-def test_deeply_nested_json_is_a_typed_error(depth: int) -> None:
-    text = ('{"blueprint": ' * depth + "{}" + "}" * depth).encode()
-    with pytest.raises(DecodeError):
-        env.decode(text, [("content-type", b"application/json")], "leyline.compilation.requests")
+def message_depth(descriptor: Descriptor, outer: tuple[str, ...] = ()) -> float:
+    """How many messages deep one of this type can nest in JSON (infinite when it contains itself)."""
+    if descriptor.full_name in outer:
+        return math.inf
+    inner = (message_depth(f.message_type, (*outer, descriptor.full_name)) for f in descriptor.fields if f.message_type)
+    return 1 + max(inner, default=0)
+
+
+@pytest.mark.parametrize("depth", [100_000, 1_000_000])
+def test_json_nested_deeper_than_the_reader_recurses_is_a_typed_recursion_error(depth: int) -> None:
+    """No Leyline message contains itself, so legal fields end five messages down (CompilationRequest, BlueprintIR,
+    OpNode, Attribute, IntList); the nesting goes on in arrays under the last of them, so that what is refused is
+    the depth, not an unknown field."""
+    path = '{"blueprint": {"nodes": [{"attributes": [{"ints": {"values": %s}}]}]}}'
+    json_headers = [("content-type", b"application/json")]
+    shallow = env.decode((path % "[7]").encode(), json_headers, COMPILATION_REQUESTS.name).message
+    assert list(shallow.blueprint.nodes[0].attributes[0].ints.values) == [7]  # every field on the path is legal
+    with pytest.raises(MalformedPayloadError) as raised:
+        env.decode((path % ("[" * depth + "]" * depth)).encode(), json_headers, COMPILATION_REQUESTS.name)
+    assert isinstance(raised.value.__cause__, RecursionError)  # the JSON reader's limit, not a field it rejected
+    assert str(raised.value.__cause__) in str(raised.value)  # and the decode error says so
+
+
+def test_protobufs_json_depth_limit_is_beyond_leyline_and_a_named_typed_error_where_a_message_recurses() -> None:
+    limit = inspect.signature(json_format.ParseDict).parameters["max_recursion_depth"].default
+    assert message_depth(struct_pb2.Struct.DESCRIPTOR) == math.inf  # the walk sees a message that contains itself
+    assert max(message_depth(cls.DESCRIPTOR) for cls in CONTRACTS) < limit  # no contract recurses or nears the limit
+
+    # Struct nests two messages a level (Struct, Value); message_from_json parses as decode does
+    def nested(levels: int) -> str:
+        return '{"a": ' * levels + "{}" + "}" * levels
+
+    assert "a" in env.message_from_json(nested(limit // 2 - 1), struct_pb2.Struct)
+    with pytest.raises(MalformedPayloadError, match=f"Max recursion depth is {limit}") as raised:
+        env.message_from_json(nested(limit // 2), struct_pb2.Struct)
+    assert isinstance(raised.value.__cause__, json_format.ParseError)
 
 
 def test_json_mapping_is_what_operators_read() -> None:
