@@ -1,17 +1,25 @@
 """Kasmina's configurations with the spec's defaults: frozen, validated at construction, loadable from a file
-(TOML or JSON) and the environment. An invalid config raises one ConfigError that lists every violated rule."""
+(TOML or JSON) and the environment through pydantic-settings, the mechanism EsperSettings uses too. An invalid
+config raises one ConfigError that lists every violated rule."""
 
 from __future__ import annotations
 
-import json
-import os
-import tomllib
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import ValidationError, model_validator
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from esper.safety.exceptions import ConfigError
 
@@ -20,15 +28,53 @@ __all__ = ["AlphaSchedule", "GraftingConfig", "ProductionSafetyConfig"]
 AlphaSchedule = Literal["linear", "cosine", "sigmoid"]
 
 
-class _FrozenConfig(BaseModel):
-    """Shared behaviour: frozen, no unknown keys, one ConfigError for field errors and rule violations alike."""
+@dataclass(frozen=True)
+class _Load:
+    """A `load` in progress in this context, and the file it reads (None: none)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    file: Path | None
 
-    # Environment variables are <ENV_PREFIX><FIELD NAME IN UPPER CASE>; a file may hold the fields at its top level
-    # or under a table named FILE_SECTION.
-    ENV_PREFIX: ClassVar[str] = ""
+
+_LOADING: ContextVar[_Load | None] = ContextVar("_LOADING", default=None)
+
+
+class _FrozenConfig(BaseSettings):
+    """Shared behaviour: frozen, no unknown keys, one ConfigError for field errors and rule violations alike.
+
+    Constructed directly, a config holds exactly the values given and the defaults (a config written in code, or a
+    component's default, does not change with the shell it runs in); `load` adds the file and the environment.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
+    # A file may hold the fields at its top level or under a table named FILE_SECTION (one esper.toml can hold
+    # every config); environment variables are the model_config's env_prefix + the field name.
     FILE_SECTION: ClassVar[str] = ""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        loading = _LOADING.get()
+        if loading is None:
+            return (init_settings,)
+        if loading.file is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, _file_source(settings_cls, loading.file, cls.FILE_SECTION))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> Self:
+        """Defaults, then the file (TOML or JSON), then the environment, then keyword overrides."""
+        token = _LOADING.set(_Load(None if path is None else Path(path)))
+        try:
+            return cls(**overrides)
+        finally:
+            _LOADING.reset(token)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -62,42 +108,31 @@ class _FrozenConfig(BaseModel):
         """(the fields a broken rule reads, its message) for every rule this config breaks."""
         yield from ()
 
-    @classmethod
-    def load(
-        cls, path: str | Path | None = None, *, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Self:
-        """Defaults, then the file (TOML or JSON), then the environment, then keyword overrides."""
-        values: dict[str, Any] = {}
-        if path is not None:
-            values.update(_read_file(Path(path), cls.FILE_SECTION))
-        env = os.environ if environ is None else environ
-        for name in cls.model_fields:
-            key = f"{cls.ENV_PREFIX}{name.upper()}"
-            if key in env:
-                values[name] = env[key]
-        values.update(overrides)
-        return cls.model_validate(values)
 
-
-def _read_file(path: Path, section: str) -> dict[str, Any]:
+def _file_source(settings_cls: type[BaseSettings], path: Path, section: str) -> PydanticBaseSettingsSource:
+    """The values of a TOML (by its suffix) or JSON file: its table named `section` when it has one, else its top
+    level. A file that is missing, unreadable or not a table of settings is a ConfigError."""
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+    if not path.is_file():
+        raise ConfigError(path.name, [f"cannot read {path}: no such file"])
     try:
-        raw = path.read_bytes()
+        if kind == "TOML":
+            data = TomlConfigSettingsSource(settings_cls, toml_file=path).toml_data
+        else:
+            data = JsonConfigSettingsSource(settings_cls, json_file=path).json_data
     except OSError as e:
         raise ConfigError(path.name, [f"cannot read {path}: {e}"]) from e
-    try:
-        data = tomllib.loads(raw.decode()) if path.suffix.lower() == ".toml" else json.loads(raw)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(path.name, [f"{path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}"]) from e
-    if not isinstance(data, dict):
-        raise ConfigError(path.name, [f"{path} must hold a table of settings"])
-    section_data = data.get(section)
-    return dict(section_data) if isinstance(section_data, dict) else data
+    # ValueError: bad syntax or encoding; TypeError, AttributeError: a JSON top level that is not an object
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ConfigError(path.name, [f"{path} is not a {kind} table of settings: {e}"]) from e
+    table = data.get(section)
+    return InitSettingsSource(settings_cls, table if isinstance(table, dict) else data)
 
 
 class ProductionSafetyConfig(_FrozenConfig):
     """Every safety switch and limit of a production Kasmina, with the spec's defaults and `validate_config` rules."""
 
-    ENV_PREFIX: ClassVar[str] = "ESPER_SAFETY_"
+    model_config = SettingsConfigDict(env_prefix="ESPER_SAFETY_")
     FILE_SECTION: ClassVar[str] = "production_safety"
 
     # Circuit breaker settings
@@ -205,7 +240,7 @@ class ProductionSafetyConfig(_FrozenConfig):
 class GraftingConfig(_FrozenConfig):
     """How a seed is grafted: the spec's defaults, plus the alpha schedule used while blending."""
 
-    ENV_PREFIX: ClassVar[str] = "ESPER_GRAFTING_"
+    model_config = SettingsConfigDict(env_prefix="ESPER_GRAFTING_")
     FILE_SECTION: ClassVar[str] = "grafting"
 
     fixed_steps: int = 30

@@ -9,6 +9,7 @@ import pytest
 
 from esper.safety.config import GraftingConfig, ProductionSafetyConfig
 from esper.safety.exceptions import ConfigError
+from esper.settings import load_settings
 
 
 def test_spec_defaults() -> None:
@@ -85,29 +86,69 @@ def test_grafting_rules() -> None:
     assert len(info.value.violations) == 4
 
 
-def test_load_from_toml_then_env_then_overrides(tmp_path: Path) -> None:
+def test_load_from_toml_then_env_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "esper.toml"
     f.write_text("[grafting]\nfixed_steps = 12\nalpha_schedule = 'cosine'\nembargo_duration = 7\n")
-    env = {"ESPER_GRAFTING_FIXED_STEPS": "20", "ESPER_GRAFTING_ISOLATION_TEMPERATURE": "0.5"}
-    g = GraftingConfig.load(f, environ=env, embargo_duration=3)
+    monkeypatch.setenv("ESPER_GRAFTING_FIXED_STEPS", "20")
+    monkeypatch.setenv("ESPER_GRAFTING_ISOLATION_TEMPERATURE", "0.5")
+    g = GraftingConfig.load(f, embargo_duration=3)
     assert (g.fixed_steps, g.alpha_schedule, g.isolation_temperature, g.embargo_duration) == (20, "cosine", 0.5, 3)
+    assert GraftingConfig.load().fixed_steps == 20  # the environment without a file
 
 
-def test_load_from_json_and_env_errors_are_one_error(tmp_path: Path) -> None:
+def test_load_from_json_and_env_errors_are_one_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "safety.json"
     f.write_text(json.dumps({"teacher_memory_limit_gb": 5.5}))
-    assert ProductionSafetyConfig.load(f, environ={}).teacher_memory_limit_gb == 5.5
+    assert ProductionSafetyConfig.load(f).teacher_memory_limit_gb == 5.5
+    monkeypatch.setenv("ESPER_SAFETY_NATIVE_MAP_USAGE", "false")
+    monkeypatch.setenv("ESPER_SAFETY_GC_FREQUENCY", "often")
     with pytest.raises(ConfigError) as info:
-        ProductionSafetyConfig.load(
-            f, environ={"ESPER_SAFETY_NATIVE_MAP_USAGE": "false", "ESPER_SAFETY_GC_FREQUENCY": "0"}
-        )
-    assert len(info.value.violations) == 2
+        ProductionSafetyConfig.load(f)
+    assert len(info.value.violations) == 2 and info.value.violations[0].startswith("gc_frequency:")
 
 
-def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.toml"
-    bad.write_text("= nope")
-    with pytest.raises(ConfigError):
-        GraftingConfig.load(bad, environ={})
-    with pytest.raises(ConfigError):
-        GraftingConfig.load(tmp_path / "missing.toml", environ={})
+def test_a_config_built_in_code_holds_only_its_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESPER_SAFETY_MAX_PAUSE_QUOTA", "5")
+    assert ProductionSafetyConfig().max_pause_quota == 10_000
+    assert ProductionSafetyConfig(epoch_boundary_ms=9).max_pause_quota == 10_000
+    assert ProductionSafetyConfig.load().max_pause_quota == 5
+
+
+def test_one_esper_toml_serves_every_settings_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "esper.toml"
+    f.write_text(
+        'bootstrap_servers = "file:9092"\n[production_safety]\nmax_pause_quota = 7\n[grafting]\nfixed_steps = 4\n'
+    )
+    monkeypatch.setenv("ESPER_CONFIG", str(f))
+    monkeypatch.delenv("ESPER_BOOTSTRAP_SERVERS", raising=False)
+    assert load_settings().bootstrap_servers == "file:9092"
+    assert ProductionSafetyConfig.load(f).max_pause_quota == 7
+    assert GraftingConfig.load(f).fixed_steps == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("bad.toml", "= nope"),
+        ("bad.json", "{nope"),
+        ("list.json", "[1, 2]"),
+        ("number.json", "3"),
+        ("latin1.json", b'{"fixed_steps": "\xe9"}'),
+    ],
+)
+def test_a_file_that_is_not_a_table_of_settings_is_a_config_error(tmp_path: Path, name: str, text: str | bytes) -> None:
+    f = tmp_path / name
+    if isinstance(text, bytes):
+        f.write_bytes(text)
+    else:
+        f.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        GraftingConfig.load(f)
+    assert info.value.config_name == name
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        GraftingConfig.load(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="no such file"):
+        GraftingConfig.load(tmp_path)  # a directory
