@@ -74,9 +74,12 @@ class CircuitBreakerConfig:
 
     The spec's rule: `failure_threshold` consecutive failures open the breaker (0 turns that rule off); after
     `timeout_ms` it lets exactly `success_threshold` probe calls through, closes as soon as they all succeeded and
-    reopens on the first failing probe. The rate rules (off when their threshold is None) open it when, over a window
-    of at least `minimum_number_of_calls`, the failure or slow-call percentage reaches its threshold. Successful
-    calls are timed only when the slow-call rule is on (it saves a clock read per call).
+    reopens on the first failing probe. As in resilience4j, a breaker HALF_OPEN for `max_wait_in_half_open_ms`
+    (0: no limit) without the probes deciding is OPEN again from that moment (seen by the next call or probe result,
+    as the open timeout is); probe results that come later decide nothing. The rate rules (off when their threshold
+    is None) open it when, over a window of at least `minimum_number_of_calls`, the failure or slow-call percentage
+    reaches its threshold. Successful calls are timed only when the slow-call rule is on (it saves a clock read per
+    call).
     """
 
     failure_threshold: int = 5
@@ -91,6 +94,10 @@ class CircuitBreakerConfig:
     record_exceptions: tuple[type[BaseException], ...] = (Exception,)
     ignore_exceptions: tuple[type[BaseException], ...] = ()
     record_failure_predicate: Callable[[BaseException], bool] | None = None
+    # Not resilience4j's 0 (wait forever): then one hung probe rejects every other caller for good. Five minutes
+    # bounds that, and still lets the probes of a breaker called only every minute or two all come in (a limit
+    # shorter than the time `success_threshold` probes take reopens the breaker before they decide: it never closes).
+    max_wait_in_half_open_ms: int = 300_000
 
     def __post_init__(self) -> None:
         problems = []
@@ -98,6 +105,10 @@ class CircuitBreakerConfig:
             problems.append(f"failure_threshold must be >= 0, got {self.failure_threshold}")
         if self.timeout_ms < 0:
             problems.append(f"timeout_ms must be >= 0, got {self.timeout_ms}")
+        if self.max_wait_in_half_open_ms < 0:
+            problems.append(
+                f"max_wait_in_half_open_ms must be >= 0 (0: wait forever), got {self.max_wait_in_half_open_ms}"
+            )
         if self.success_threshold < 1:
             problems.append(f"success_threshold must be >= 1, got {self.success_threshold}")
         if self.window_size < 1:
@@ -265,6 +276,7 @@ class BreakerCore:
         self.epoch = epoch
         self.closed_epoch: int | None = epoch
         self.opened_at_ms = 0.0
+        self.half_opened_at_ms = 0.0
         self.consecutive_failures = 0
         self.half_open_permits = 0
         self.half_open_successes = 0
@@ -279,23 +291,39 @@ class BreakerCore:
 
     # -- permissions ---------------------------------------------------------------------------------------
 
-    def acquire(self, now_ms: float) -> tuple[int | None, Transition | None]:
-        """A permit (the epoch) or None when rejected, and the transition acquiring caused (OPEN -> HALF_OPEN)."""
+    def acquire(self, now_ms: float) -> tuple[int | None, tuple[Transition, ...]]:
+        """A permit (the epoch) or None when rejected, and the transitions acquiring caused, oldest first: HALF_OPEN
+        -> OPEN at the half-open wait limit, OPEN -> HALF_OPEN once `timeout_ms` elapsed (both when a call comes a
+        whole timeout after the limit)."""
+        if self.state is CircuitState.CLOSED:
+            return self.epoch, ()
+        expired = self._expire_half_open(now_ms)
+        transitions: tuple[Transition, ...] = () if expired is None else (expired,)
+        if self.state is CircuitState.OPEN and now_ms - self.opened_at_ms >= self.config.timeout_ms:
+            transitions += (self._move(CircuitState.HALF_OPEN, now_ms, f"{self.config.timeout_ms} ms open elapsed"),)
         state = self.state
-        if state is CircuitState.CLOSED:
-            return self.epoch, None
-        transition = None
-        if state is CircuitState.OPEN and now_ms - self.opened_at_ms >= self.config.timeout_ms:
-            transition = self._move(CircuitState.HALF_OPEN, now_ms, f"{self.config.timeout_ms} ms open elapsed")
-            state = self.state
         if state is CircuitState.HALF_OPEN:
             if self.half_open_permits > 0:
                 self.half_open_permits -= 1
-                return self.epoch, transition
-        elif state in (CircuitState.CLOSED, CircuitState.METRICS_ONLY, CircuitState.DISABLED):
-            return self.epoch, transition
+                return self.epoch, transitions
+        elif state in (CircuitState.METRICS_ONLY, CircuitState.DISABLED):
+            return self.epoch, transitions
         self.rejected += 1
-        return None, transition
+        return None, transitions
+
+    def _expire_half_open(self, now_ms: float) -> Transition | None:
+        """HALF_OPEN -> OPEN once the probes have not decided within `max_wait_in_half_open_ms`, dated at the limit
+        (as if a timer had fired there), so the next probes come a `timeout_ms` after it. The move starts a new
+        epoch: outstanding probes become late calls whose results decide nothing."""
+        wait = self.config.max_wait_in_half_open_ms
+        if self.state is not CircuitState.HALF_OPEN or not wait:
+            return None
+        limit_ms = self.half_opened_at_ms + wait
+        if now_ms < limit_ms:
+            return None
+        return self._move(
+            CircuitState.OPEN, limit_ms, f"half-open wait limit ({wait} ms) reached before the probes decided"
+        )
 
     def release(self, epoch: int) -> None:
         """Count a call that ended in an ignored exception and give back its permit (it proved nothing)."""
@@ -325,11 +353,12 @@ class BreakerCore:
         """The general path of `on_success`: any state, any window, slow or not."""
         if self.state is CircuitState.DISABLED:
             return None
+        expired = self._expire_half_open(now_ms)
         slow = duration_ms >= self._slow_ms
         self.successes += 1
         self.window.record(now_ms, False, slow)
         if epoch != self.epoch:
-            return None
+            return expired
         if self.state is CircuitState.CLOSED:
             self.consecutive_failures = 0
             return self._check_rates(now_ms) if slow else None
@@ -344,12 +373,13 @@ class BreakerCore:
     def on_failure(self, epoch: int, now_ms: float, duration_ms: float) -> Transition | None:
         if self.state is CircuitState.DISABLED:
             return None
+        expired = self._expire_half_open(now_ms)
         slow = duration_ms >= self._slow_ms
         self.failures += 1
         self.last_failure_ms = now_ms
         self.window.record(now_ms, True, slow)
         if epoch != self.epoch:
-            return None
+            return expired
         if self.state is CircuitState.CLOSED:
             self.consecutive_failures += 1
             threshold = self.config.failure_threshold
@@ -399,6 +429,8 @@ class BreakerCore:
         self.half_open_permits = self.config.success_threshold if to_state is CircuitState.HALF_OPEN else 0
         if to_state is CircuitState.OPEN:
             self.opened_at_ms = now_ms
+        elif to_state is CircuitState.HALF_OPEN:
+            self.half_opened_at_ms = now_ms
         if to_state in (CircuitState.CLOSED, CircuitState.METRICS_ONLY):
             self.consecutive_failures = 0
             self.window.reset()
@@ -500,23 +532,28 @@ class CircuitBreaker:
 
     def _acquire(self, now: float) -> int:
         with self._lock:
-            epoch, transition = self._core.acquire(now)
+            epoch, transitions = self._core.acquire(now)
             state = self._core.state
-        if transition is not None:
+        for transition in transitions:
             self._publish_transition(transition)
         if epoch is None:
             raise CallNotPermittedError(self.name, state.name)
         return epoch
 
     def _record_success(self, epoch: int, start: float) -> None:
-        # Without a slow-call rule the call's duration decides nothing: skip the second clock read.
+        # Without a slow-call rule the call's duration decides nothing: a success admitted while CLOSED skips the
+        # second clock read. Any other needs the time it ended: a probe that outlived the half-open wait limit.
         if self._timed:
             now = self._clock()
             with self._lock:
                 transition = self._core.on_success(epoch, now, now - start)
-        else:
+        elif epoch == self._core.closed_epoch:
             with self._lock:
                 transition = self._core.on_success(epoch, start, 0.0)
+        else:
+            now = self._clock()
+            with self._lock:
+                transition = self._core.on_success(epoch, now, 0.0)
         if transition is not None:
             self._publish_transition(transition)
 

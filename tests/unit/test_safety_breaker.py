@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -153,6 +154,135 @@ def test_outcome_of_a_call_admitted_before_a_transition_is_not_a_probe() -> None
     release.set()
     t.join()  # the old call succeeds late: it must not close the breaker
     assert b.state is CircuitState.OPEN
+
+
+def hung_call(b: CircuitBreaker, outcome: Callable[[], object] = ok) -> tuple[threading.Thread, threading.Event]:
+    """A call admitted now (its thread holds the permit) that ends with outcome() once the event is set."""
+    started, release = threading.Event(), threading.Event()
+
+    def body() -> object:
+        started.set()
+        release.wait(5)
+        return outcome()
+
+    def run() -> None:
+        with contextlib.suppress(Boom):
+            b.call(body)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert started.wait(5)
+    return t, release
+
+
+def reasons(sink: MemorySink) -> list[tuple[int, str]]:
+    return [(e.breaker_transition.to_state, e.breaker_transition.reason) for e in sink.of_kind("breaker_transition")]
+
+
+WAIT_LIMIT = "half-open wait limit (500 ms) reached before the probes decided"
+
+
+def test_a_hung_probe_holds_half_open_only_until_the_wait_limit_then_a_fresh_probe_goes_through() -> None:
+    clock, sink = ManualClock(), MemorySink()
+    b = make(clock, sink, success_threshold=1, max_wait_in_half_open_ms=500)
+    trip(b)
+    clock.advance(1000)
+    t, release = hung_call(b)
+    clock.advance(499)
+    with pytest.raises(CallNotPermittedError):
+        b.call(ok)  # the hung probe holds the only permit
+    assert b.state is CircuitState.HALF_OPEN
+    clock.advance(1)
+    with pytest.raises(CallNotPermittedError):
+        b.call(ok)
+    assert b.state is CircuitState.OPEN and reasons(sink)[-1] == (pb.CIRCUIT_OPEN, WAIT_LIMIT)
+    clock.advance(999)
+    with pytest.raises(CallNotPermittedError):
+        b.call(ok)  # open for timeout_ms, counted from the limit
+    clock.advance(1)
+    assert b.call(ok) == "ok"
+    assert b.state is CircuitState.CLOSED
+    release.set()
+    t.join()
+
+
+@pytest.mark.parametrize("late", [ok, fail], ids=["late success", "late failure"])
+def test_a_late_result_of_a_probe_from_before_the_wait_limit_decides_nothing(late: Callable[[], object]) -> None:
+    clock = ManualClock()
+    b = make(clock, success_threshold=2, max_wait_in_half_open_ms=500)
+    trip(b)
+    clock.advance(1000)
+    t, release = hung_call(b, late)
+    b.call(ok)  # the other probe of this set
+    clock.advance(500)
+    with pytest.raises(CallNotPermittedError):
+        b.call(ok)  # the wait limit: OPEN
+    clock.advance(1000)
+    b.call(ok)  # first probe of a fresh set
+    release.set()
+    t.join()  # the stale probe returns: it neither closes (2nd success) nor reopens (failure) the fresh set
+    assert b.state is CircuitState.HALF_OPEN and b.get_stats().current_success_count == 1
+    b.call(ok)
+    assert b.state is CircuitState.CLOSED
+
+
+def test_a_probe_that_returns_after_the_wait_limit_decides_nothing() -> None:
+    clock, sink = ManualClock(), MemorySink()
+    b = make(clock, sink, success_threshold=1, max_wait_in_half_open_ms=500)
+    trip(b)
+    clock.advance(1000)
+    assert b.call(clock.advance, 500) == 1500  # the call's own result, though it outlived the limit
+    assert b.state is CircuitState.OPEN and reasons(sink)[-1] == (pb.CIRCUIT_OPEN, WAIT_LIMIT)
+    assert b.get_stats().total_successes == 1
+
+
+def test_a_probe_failing_after_the_wait_limit_leaves_the_breaker_open_from_the_limit() -> None:
+    clock = ManualClock()
+    b = make(clock, success_threshold=2, max_wait_in_half_open_ms=500)
+    trip(b)
+    clock.advance(1000)
+
+    def fail_at_1700() -> None:  # after the limit (1500): this probe decides nothing
+        clock.advance(700)
+        fail()
+
+    with pytest.raises(Boom):
+        b.call(fail_at_1700)
+    assert b.state is CircuitState.OPEN
+    clock.advance(800)  # 2500: a timeout after the limit, not after the failure
+    assert b.call(ok) == "ok"
+    assert b.state is CircuitState.HALF_OPEN
+
+
+def test_a_call_a_timeout_past_the_wait_limit_sees_both_transitions_and_is_a_fresh_probe() -> None:
+    clock, sink = ManualClock(), MemorySink()
+    b = make(clock, sink, success_threshold=2, max_wait_in_half_open_ms=500)
+    trip(b)
+    clock.advance(1000)
+    b.call(ok)  # one probe of two, then no call until well after the limit
+    clock.advance(1500)
+    assert b.call(ok) == "ok"
+    assert b.state is CircuitState.HALF_OPEN and b.get_stats().current_success_count == 1  # a fresh set
+    assert reasons(sink)[1:] == [
+        (pb.CIRCUIT_HALF_OPEN, "1000 ms open elapsed"),
+        (pb.CIRCUIT_OPEN, WAIT_LIMIT),
+        (pb.CIRCUIT_HALF_OPEN, "1000 ms open elapsed"),
+    ]
+
+
+def test_wait_limit_zero_waits_for_the_probes_forever() -> None:
+    clock = ManualClock()
+    b = make(clock, success_threshold=1, max_wait_in_half_open_ms=0)
+    trip(b)
+    clock.advance(1000)
+    t, release = hung_call(b)
+    clock.advance(24 * 3600 * 1000)
+    with pytest.raises(CallNotPermittedError):
+        b.call(ok)
+    assert b.state is CircuitState.HALF_OPEN
+    release.set()
+    t.join()
+    assert b.state is CircuitState.CLOSED  # the probe decided, a day late
 
 
 def test_ignored_exceptions_are_not_failures_and_give_back_a_half_open_permit() -> None:
@@ -414,6 +544,13 @@ def test_invalid_config_lists_every_violation() -> None:
     assert len(info.value.violations) == 4
 
 
+def test_wait_limit_is_validated_and_on_by_default() -> None:
+    with pytest.raises(ConfigError) as info:
+        CircuitBreakerConfig(max_wait_in_half_open_ms=-1)
+    assert info.value.violations == ("max_wait_in_half_open_ms must be >= 0 (0: wait forever), got -1",)
+    assert CircuitBreakerConfig().max_wait_in_half_open_ms > 0  # a hung probe must not hold every caller off
+
+
 def test_registry_holds_the_spec_breakers_with_their_thresholds() -> None:
     sink = MemorySink()
     reg = BreakerRegistry.with_spec_breakers(sink=sink)
@@ -426,6 +563,8 @@ def test_registry_holds_the_spec_breakers_with_their_thresholds() -> None:
         "teacher_memory_overflow": (2, 180_000),
     }
     assert reg.get_or_create("gradient_isolation") is reg["gradient_isolation"]
+    default_wait = CircuitBreakerConfig().max_wait_in_half_open_ms
+    assert {b.config.max_wait_in_half_open_ms for b in [*reg, reg.get_or_create("custom")]} == {default_wait}
     with pytest.raises(UnknownBreakerError):
         reg.get("nope")
     other = BreakerRegistry.with_spec_breakers(ProductionSafetyConfig(kernel_loading_failure_threshold=4))
@@ -446,13 +585,25 @@ def test_other_breakers_of_a_spec_registry_open_for_circuit_breaker_timeout_ms()
 class Reference:
     """The spec's breaker as simply as it can be written (sequential calls only)."""
 
-    def __init__(self, ft: int, timeout: int, st: int) -> None:
-        self.ft, self.timeout, self.st = ft, timeout, st
+    def __init__(self, ft: int, timeout: int, st: int, wait: int) -> None:
+        self.ft, self.timeout, self.st, self.wait = ft, timeout, st, wait
         self.state, self.fails, self.opened, self.permits, self.succ = "CLOSED", 0, 0.0, 0, 0
+        self.half_opened = 0.0
+
+    def expire(self, now: float) -> bool:
+        """Half-open for `wait` without the probes deciding: open, as from the moment the limit was reached."""
+        if self.state == "HALF_OPEN" and self.wait and now - self.half_opened >= self.wait:
+            self.state, self.opened = "OPEN", self.half_opened + self.wait
+            return True
+        return False
+
+    def admit(self, now: float) -> None:
+        self.expire(now)
+        if self.state == "OPEN" and now - self.opened >= self.timeout:
+            self.state, self.permits, self.succ, self.half_opened = "HALF_OPEN", self.st, 0, now
 
     def call(self, now: float, success: bool) -> str:
-        if self.state == "OPEN" and now - self.opened >= self.timeout:
-            self.state, self.permits, self.succ = "HALF_OPEN", self.st, 0
+        self.admit(now)
         if self.state == "OPEN" or (self.state == "HALF_OPEN" and self.permits == 0):
             return "rejected"
         if self.state == "HALF_OPEN":
@@ -478,14 +629,16 @@ class Reference:
 @given(
     ft=st.integers(1, 4),
     st_=st.integers(1, 3),
+    wait=st.sampled_from([0, 300, 1000]),
     ops=st.lists(st.tuples(st.integers(0, 700), st.booleans()), max_size=60),
 )
-def test_breaker_matches_reference_model(ft: int, st_: int, ops: list[tuple[int, bool]]) -> None:
+def test_breaker_matches_reference_model(ft: int, st_: int, wait: int, ops: list[tuple[int, bool]]) -> None:
     clock = ManualClock()
-    b = CircuitBreaker(
-        "p", CircuitBreakerConfig(failure_threshold=ft, timeout_ms=1000, success_threshold=st_), clock=clock
+    config = CircuitBreakerConfig(
+        failure_threshold=ft, timeout_ms=1000, success_threshold=st_, max_wait_in_half_open_ms=wait
     )
-    ref = Reference(ft, 1000, st_)
+    b = CircuitBreaker("p", config, clock=clock)
+    ref = Reference(ft, 1000, st_, wait)
     for dt, success in ops:
         clock.advance(dt)
         expected = ref.call(clock(), success)
@@ -504,9 +657,9 @@ class RateReference(Reference):
     """The reference with the rate rules too: the count window is a plain deque of the last `size` outcomes."""
 
     def __init__(
-        self, ft: int, timeout: int, st: int, size: int, minimum: int, fr: float | None, sr: float | None
+        self, ft: int, timeout: int, st: int, wait: int, size: int, minimum: int, fr: float | None, sr: float | None
     ) -> None:
-        super().__init__(ft, timeout, st)
+        super().__init__(ft, timeout, st, wait)
         self.minimum, self.fr, self.sr = minimum, fr, sr
         self.window: deque[tuple[bool, bool]] = deque(maxlen=size)  # (failed, slow)
         self.successes = self.failures = self.rejected = 0
@@ -524,8 +677,7 @@ class RateReference(Reference):
 
     def call_timed(self, start: float, success: bool, duration: float) -> str:
         end = start + duration
-        if self.state == "OPEN" and start - self.opened >= self.timeout:
-            self.state, self.permits, self.succ = "HALF_OPEN", self.st, 0
+        self.admit(start)
         if self.state == "OPEN" or (self.state == "HALF_OPEN" and self.permits == 0):
             self.rejected += 1
             return "rejected"
@@ -534,6 +686,10 @@ class RateReference(Reference):
         # Successes are timed only with a slow-call rule; failures always are.
         slow = duration >= 100 and (not success or self.sr is not None)
         self.window.append((not success, slow))
+        if self.expire(end):  # a probe that outlived the wait limit: counted, but it decides nothing
+            self.successes += success
+            self.failures += not success
+            return "ok" if success else "failed"
         if success:
             self.successes += 1
             if self.state == "CLOSED":
@@ -560,6 +716,7 @@ class RateReference(Reference):
 @given(
     ft=st.integers(0, 4),
     st_=st.integers(1, 3),
+    wait=st.sampled_from([0, 300, 1000]),
     size=st.integers(1, 6),
     minimum=st.integers(1, 6),
     fr=st.sampled_from([None, 25.0, 50.0, 75.0, 100.0]),
@@ -569,6 +726,7 @@ class RateReference(Reference):
 def test_breaker_with_rate_rules_matches_reference_model(
     ft: int,
     st_: int,
+    wait: int,
     size: int,
     minimum: int,
     fr: float | None,
@@ -584,6 +742,7 @@ def test_breaker_with_rate_rules_matches_reference_model(
         failure_threshold=ft,
         timeout_ms=1000,
         success_threshold=st_,
+        max_wait_in_half_open_ms=wait,
         window_size=size,
         minimum_number_of_calls=minimum,
         failure_rate_threshold=fr,
@@ -591,7 +750,7 @@ def test_breaker_with_rate_rules_matches_reference_model(
         slow_call_duration_ms=100,
     )
     b = CircuitBreaker("p", config, clock=clock)
-    ref = RateReference(ft, 1000, st_, size, minimum, fr, sr)
+    ref = RateReference(ft, 1000, st_, wait, size, minimum, fr, sr)
 
     def body(success: bool, duration: int) -> str:
         clock.advance(duration)
@@ -622,6 +781,7 @@ def test_breaker_with_rate_rules_matches_reference_model(
 @given(
     window_type=st.sampled_from(list(WindowType)),
     ft=st.integers(0, 3),
+    wait=st.sampled_from([0, 500, 3000]),
     fr=st.sampled_from([None, 50.0]),
     sr=st.sampled_from([None, 50.0]),
     ops=st.lists(
@@ -634,7 +794,7 @@ def test_breaker_with_rate_rules_matches_reference_model(
     ),
 )
 def test_core_fast_path_agrees_with_the_general_path(
-    window_type: WindowType, ft: int, fr: float | None, sr: float | None, ops: list[tuple[Any, ...]]
+    window_type: WindowType, ft: int, wait: int, fr: float | None, sr: float | None, ops: list[tuple[Any, ...]]
 ) -> None:
     """Two cores fed the same operations, one with its fast path switched off; outcomes may come back for permits
     of earlier epochs (late calls). Every result and every stats field must agree."""
@@ -644,6 +804,7 @@ def test_core_fast_path_agrees_with_the_general_path(
         failure_threshold=ft,
         timeout_ms=1000,
         success_threshold=2,
+        max_wait_in_half_open_ms=wait,
         window_type=window_type,
         window_size=4,
         minimum_number_of_calls=2,
