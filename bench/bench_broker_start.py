@@ -25,7 +25,7 @@ def _timed_up(broker: LocalBroker) -> float:
 
 def run() -> list[Row]:
     settings = load_settings(broker_port=19392, controller_port=19393, bootstrap_servers=None)
-    broker = LocalBroker(settings, name="bench-broker")
+    broker = LocalBroker(settings.cluster(), name="bench-broker")
     broker.dist.provision()  # Maven resolution is a one-time cost, not part of a start
     cold, warm = [], []
     try:

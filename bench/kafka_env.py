@@ -10,6 +10,6 @@ from esper.streams.broker import LocalBroker
 
 def bench_bootstrap() -> str:
     settings = load_settings()
-    servers = settings.bootstrap_servers or LocalBroker(settings).up(timeout_s=180).bootstrap_servers
+    servers = settings.bootstrap_servers or LocalBroker(settings.cluster()).up(timeout_s=180).bootstrap_servers
     create_topics(servers)
     return servers

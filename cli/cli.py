@@ -50,7 +50,7 @@ def broker_up(timeout: Annotated[float, typer.Option(help="Seconds to wait for r
     if settings.bootstrap_servers:
         out.print(f"using the configured cluster {settings.bootstrap_servers}; no local broker started")
         return
-    broker = LocalBroker(settings)
+    broker = LocalBroker(settings.cluster())
     started = time.monotonic()
     with err.status("starting Kafka (the first run resolves the jars from Maven Central)..."):
         status = broker.up(timeout_s=timeout)
@@ -64,7 +64,7 @@ def broker_down() -> None:
     """Stop the local broker with a controlled shutdown; its data stays for the next `up`."""
     from esper.streams.broker import LocalBroker
 
-    stopped = LocalBroker(load_settings()).down()
+    stopped = LocalBroker(load_settings().cluster()).down()
     out.print("broker stopped" if stopped else "no local broker was running")
 
 
@@ -80,7 +80,7 @@ def broker_status() -> None:
         ensure_reachable(settings.bootstrap_servers)
         out.print(f"configured cluster {settings.bootstrap_servers} answers")
         return
-    status = LocalBroker(settings).status()
+    status = LocalBroker(settings.cluster()).status()
     print(
         json.dumps(
             {
@@ -106,7 +106,7 @@ def broker_logs(
     """Print the end of the broker's log."""
     from esper.streams.broker import LocalBroker
 
-    broker = LocalBroker(load_settings())
+    broker = LocalBroker(load_settings().cluster())
     if not follow:
         out.print(broker.log_tail(lines), markup=False, highlight=False)
         return
@@ -150,7 +150,7 @@ def topics_create() -> None:
     from esper.streams.admin import create_topics
     from esper.streams.cluster import bootstrap_servers
 
-    outcome = create_topics(bootstrap_servers(load_settings()))
+    outcome = create_topics(bootstrap_servers(load_settings().cluster()))
     for name, what in outcome.items():
         out.print(f"{name}: {what}")
 
@@ -189,7 +189,7 @@ def tail(
     from esper.streams.tail import tail_records
 
     for line in tail_records(
-        bootstrap_servers(load_settings()),
+        bootstrap_servers(load_settings().cluster()),
         topic,
         from_beginning=from_beginning,
         max_records=max_records,
@@ -230,7 +230,7 @@ def produce(
         message = message_from_json(text, cls)
     except DecodeError as e:
         raise _fail(f"{json_file}: {e}") from e
-    bootstrap = bootstrap_servers(load_settings())
+    bootstrap = bootstrap_servers(load_settings().cluster())
     ensure_topic(bootstrap, topic)
     producer = LeylineProducer(bootstrap, producer_id="esper-cli")
     envelope = producer.envelope_for(message, correlation_id=correlation_id, content_type=JSON if as_json else PROTOBUF)
@@ -262,7 +262,7 @@ def demo(
     from esper.safety.demo import run_demo
     from esper.streams.cluster import bootstrap_servers
 
-    bootstrap = bootstrap_servers(load_settings())
+    bootstrap = bootstrap_servers(load_settings().cluster())
     out.print(
         f"training [bold]{instance}[/bold]; pause it from another shell with\n"
         f"  esper produce {'leyline.control.pause'} --type leyline.PauseCommand --json pause.json\n"
@@ -300,7 +300,7 @@ def run(steps: Annotated[int, typer.Option(help="Steps of the demo training run 
     from esper.streams.cluster import bootstrap_servers
 
     broker_up()  # says so, and starts nothing, when a cluster is configured
-    bootstrap = bootstrap_servers(load_settings())
+    bootstrap = bootstrap_servers(load_settings().cluster())
     outcome = create_topics(bootstrap)
     topics_list()
     created = sum(1 for v in outcome.values() if v == "created")

@@ -13,6 +13,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from esper.streams.cluster import ClusterConfig
+
 CONFIG_FILE_ENV = "ESPER_CONFIG"
 
 
@@ -42,6 +44,17 @@ class EsperSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_path = Path(os.environ.get(CONFIG_FILE_ENV, "esper.toml"))
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+
+    def cluster(self) -> ClusterConfig:
+        """What streams/ needs of these settings: the cluster to use and how the local broker runs."""
+        return ClusterConfig(
+            bootstrap_servers=self.bootstrap_servers,
+            home=self.home,
+            kafka_version=self.kafka_version,
+            broker_port=self.broker_port,
+            controller_port=self.controller_port,
+            broker_heap=self.broker_heap,
+        )
 
 
 def load_settings(**overrides: object) -> EsperSettings:

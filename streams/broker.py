@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 from confluent_kafka.admin import AdminClient
 
-from esper.settings import EsperSettings
+from esper.streams.cluster import ClusterConfig
 from esper.streams.exceptions import BrokerStartError
 from esper.streams.kafka_dist import KafkaDistribution
 
@@ -93,7 +93,7 @@ class BrokerStatus:
 class LocalBroker:
     """Provision, format, start, probe and stop one local Kafka broker under `settings.home`."""
 
-    def __init__(self, settings: EsperSettings, name: str = "broker") -> None:
+    def __init__(self, settings: ClusterConfig, name: str = "broker") -> None:
         self.settings = settings
         self.home = settings.home.resolve()
         self.dist = KafkaDistribution.in_home(self.home, settings.kafka_version)
@@ -107,7 +107,7 @@ class LocalBroker:
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.settings.broker_port}"
+        return self.settings.local_bootstrap_servers
 
     @property
     def log_file(self) -> Path:

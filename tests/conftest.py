@@ -98,7 +98,7 @@ def _external_bootstrap() -> str | None:
 @pytest.fixture(scope="session")
 def test_broker() -> Iterator[LocalBroker]:
     """The project's local test broker, started (or joined, if another session runs it) under a file lock."""
-    broker = LocalBroker(test_settings())
+    broker = LocalBroker(test_settings().cluster())
     TEST_HOME.mkdir(parents=True, exist_ok=True)
     with open(TEST_HOME / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -27,7 +27,7 @@ def restart_broker() -> LocalBroker:
     broker = LocalBroker(
         load_settings(
             home=TEST_HOME, broker_port=TEST_PORT + 100, controller_port=TEST_PORT + 101, bootstrap_servers=None
-        ),
+        ).cluster(),
         name="restart-broker",
     )
     try:
@@ -90,7 +90,9 @@ def test_down_is_idempotent_and_up_restarts(restart_broker: LocalBroker) -> None
 
 def test_format_accepts_a_cluster_id_that_starts_with_a_dash(tmp_path: Path) -> None:
     """About one random id in 64 starts with "-"; the storage tool must take it as a value, not an option."""
-    broker = LocalBroker(load_settings(home=TEST_HOME, bootstrap_servers=None), name=f"format-{tmp_path.name}")
+    broker = LocalBroker(
+        load_settings(home=TEST_HOME, bootstrap_servers=None).cluster(), name=f"format-{tmp_path.name}"
+    )
     broker.dist.provision()
     try:
         broker.format_storage("-dashLeadingId12345678")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 
+import esper.streams
 from esper.settings import load_settings
-from esper.streams.broker import new_cluster_id, server_properties
-from esper.streams.cluster import bootstrap_servers
+from esper.streams.broker import LocalBroker, new_cluster_id, server_properties
+from esper.streams.cluster import ClusterConfig, bootstrap_servers
 from esper.streams.topics import ALL_TOPICS
 
 DESIGN_TOPICS = {
@@ -44,13 +46,34 @@ def test_environment_overrides_the_config_file(tmp_path: Path, monkeypatch: pyte
     assert load_settings().bootstrap_servers == "file:9092"
     assert load_settings().broker_port == 1234
     monkeypatch.setenv("ESPER_BOOTSTRAP_SERVERS", "env:9092")
-    assert bootstrap_servers(load_settings()) == "env:9092"
+    assert bootstrap_servers(load_settings().cluster()) == "env:9092"
 
 
 def test_without_a_configured_cluster_the_local_broker_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ESPER_BOOTSTRAP_SERVERS", raising=False)
     monkeypatch.setenv("ESPER_CONFIG", "/nonexistent/esper.toml")
-    assert bootstrap_servers(load_settings(broker_port=9999)) == "127.0.0.1:9999"
+    assert bootstrap_servers(load_settings(broker_port=9999).cluster()) == "127.0.0.1:9999"
+
+
+def test_streams_takes_its_configuration_explicitly(tmp_path: Path) -> None:
+    config = ClusterConfig(None, tmp_path, "4.2.0", broker_port=19999, controller_port=19998, broker_heap="256m")
+    assert bootstrap_servers(config) == LocalBroker(config).bootstrap_servers == "127.0.0.1:19999"
+    assert bootstrap_servers(ClusterConfig("far:9092", tmp_path, "4.2.0", 1, 2, "1g")) == "far:9092"
+    # no module of streams/ reads the CLI's settings
+    package = Path(esper.streams.__file__).resolve().parent
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module != "esper.settings", module.name
+            elif isinstance(node, ast.Import):
+                assert "esper.settings" not in {a.name for a in node.names}, module.name
+
+
+def test_the_cli_settings_build_the_cluster_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ESPER_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("ESPER_CONFIG", "/nonexistent/esper.toml")
+    config = load_settings(home=Path("/x"), broker_port=1, controller_port=2, broker_heap="3m").cluster()
+    assert config == ClusterConfig(None, Path("/x"), load_settings().kafka_version, 1, 2, "3m")
 
 
 def test_single_node_broker_settings() -> None:
