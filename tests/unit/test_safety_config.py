@@ -25,7 +25,7 @@ def test_spec_defaults() -> None:
 def test_configs_are_frozen() -> None:
     c = ProductionSafetyConfig()
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
-        c.epoch_boundary_ms = 5  # type: ignore[misc]
+        c.epoch_boundary_ms = 5
 
 
 def test_every_validate_config_rule_is_listed_in_one_error() -> None:
