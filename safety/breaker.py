@@ -459,6 +459,14 @@ class BreakerCore:
 TransitionListener = Callable[["CircuitBreaker", Transition], None]
 
 
+def _error_text(error: BaseException) -> str:
+    """str(error), or a stand-in when its __str__ raises: the caller must still get its own exception."""
+    try:
+        return str(error)
+    except Exception:
+        return f"<{type(error).__name__}: str() raised>"
+
+
 class CircuitBreaker:
     """A named, thread-safe breaker around calls; failures and transitions become SafetyEvents on its sink."""
 
@@ -582,10 +590,11 @@ class CircuitBreaker:
                 transition = self._core.on_failure(epoch, now, duration_ms)
             stats = self._core.stats(self.name, now) if verdict else None
         if stats is not None:
+            text = _error_text(error)
             detail = pb.BreakerFailure(
-                stats=stats, error_type=type(error).__name__, error=str(error)[:500], duration_ms=duration_ms
+                stats=stats, error_type=type(error).__name__, error=text[:500], duration_ms=duration_ms
             )
-            self._emit(pb.TELEMETRY_ERROR, f"circuit breaker {self.name} recorded failure: {error}", detail)
+            self._emit(pb.TELEMETRY_ERROR, f"circuit breaker {self.name} recorded failure: {text}", detail)
         if transition is not None:
             self._publish_transition(transition)
 

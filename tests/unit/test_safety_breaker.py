@@ -387,6 +387,20 @@ def test_a_predicate_answering_none_counts_the_call_as_a_success_not_as_ignored(
     assert (s.total_successes, s.total_failures, s.total_calls) == (1, 0, 1)
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no str")
+
+
+def test_an_exception_whose_str_raises_still_reaches_the_caller_and_is_recorded() -> None:
+    sink = MemorySink()
+    b = make(sink=sink)
+    with pytest.raises(Unprintable):
+        b.call(lambda: (_ for _ in ()).throw(Unprintable()))
+    (event,) = sink.of_kind("breaker_failure")
+    assert event.breaker_failure.error_type == "Unprintable" and b.get_stats().total_failures == 1
+
+
 def test_failure_rate_over_count_window_needs_the_minimum_number_of_calls() -> None:
     b = make(failure_threshold=0, failure_rate_threshold=50, window_size=4, minimum_number_of_calls=4)
     b.call(ok)
