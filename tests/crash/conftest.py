@@ -18,7 +18,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     tr = terminalreporter
     mode = "long (ESPER_CRASH_LONG=1)" if wal_crash_harness.LONG else "short"
     tr.section(f"WAL crash matrix, {mode}")
-    for title, head, rows in wal_crash_harness.TABLES:
+    head = wal_crash_harness.HEAD
+    for title, rows in wal_crash_harness.TABLES.items():
         cells = [head, *rows]
         widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
         tr.write_line("")

@@ -13,7 +13,7 @@ from esper.compiler.wal_format import HEADER_SIZE, Manifest, padded
 from esper.compiler.wal_scan import ScannedRecord
 from esper.compiler.wal_simfs import CrashImage, SimFs
 
-_results: list[Result] = []
+DAMAGE = "C4/C5/C6: damaged bytes (recovery read-only on the damaged image)"
 
 
 def _base(
@@ -64,7 +64,7 @@ def test_c4_truncation_at_every_byte_of_the_last_records() -> None:
         }
         report, _ = recover_image(_with(img, path, data[:cut]))
         check(report, durable, known, res)
-    _results.append(res)
+    publish(DAMAGE, [res])
     assert res.runs > 3000
     assert res.lost == 0 and res.corrupted_accepted == 0 and res.false_corruption == 0
     assert res.classes["torn_tail"] > 0
@@ -85,7 +85,7 @@ def test_c5_every_header_bit_of_first_middle_last_record_and_payload_flips() -> 
         for bit in range(HEADER_SIZE * 8):
             report, _ = recover_image(_with(img, path, _flip(data, off * 8 + bit)), repair=False)
             check(report, acked, known, res, corruption_expected=True)
-    _results.append(res)
+    publish(DAMAGE, [res])
     pres = Result("C5 random payload bit flips", power_loss=False)
     rng = random.Random(5)
     for _ in range(2000 if LONG else 300):
@@ -94,7 +94,7 @@ def test_c5_every_header_bit_of_first_middle_last_record_and_payload_flips() -> 
         bit = (r.offset + HEADER_SIZE) * 8 + rng.randrange(r.payload_len * 8)
         report, _ = recover_image(_with(img, path, _flip(img.files[path], bit)), repair=False)
         check(report, acked, known, pres, corruption_expected=True)
-    _results.append(pres)
+    publish(DAMAGE, [pres])
     for x in (res, pres):
         assert x.lost == 0 and x.corrupted_accepted == 0
         assert x.classes["corruption"] == x.runs, "a flipped bit must be reported as corruption, never cut as a tail"
@@ -124,7 +124,7 @@ def test_c6_zeroed_sectors() -> None:
                         continue
                     report, _ = recover_image(_with(img, path, z), repair=False)
                     check(report, kept, known, res, corruption_expected=True)
-    _results.append(res)
+    publish(DAMAGE, [res])
     assert res.lost == 0 and res.corrupted_accepted == 0 and res.classes["corruption"] > 0
 
 
@@ -163,7 +163,7 @@ def test_c6_duplicated_swapped_foreign_and_stale_records_are_refused() -> None:
         check(report, acked, known, res, corruption_expected=True)
         # Junk that looks like an interrupted write may be cut as a torn tail; records out of place never.
         assert report.corruption is not None or name.startswith("stale junk"), f"{name} was not refused"
-    _results.append(res)
+    publish(DAMAGE, [res])
     assert res.lost == 0 and res.corrupted_accepted == 0
 
 
@@ -208,10 +208,6 @@ def test_c6_lost_oldest_segments_and_a_lost_or_damaged_manifest_are_corruption()
     for img, acked, known in cases:
         report, _ = recover_image(img, repair=False)
         check(report, acked, known, res, corruption_expected=True)
-    _results.append(res)
+    publish(DAMAGE, [res])
     assert res.lost == 0 and res.corrupted_accepted == 0
     assert res.classes["corruption"] == res.runs, "a lost start of the log must be reported, never skipped"
-
-
-def test_zz_publish_damage_table() -> None:
-    publish("C4/C5/C6: damaged bytes (recovery read-only on the damaged image)", _results)

@@ -32,6 +32,7 @@ SAMPLES = 64 if LONG else 16
 REOPEN_EVERY = 1 if LONG else 5
 AFTER_KILL = [(2, 300), (1, 700), (3, 1500)]  # the batches of the writer after a kill -9: the last one rolls a segment
 SAMPLES_AFTER_KILL = 16 if LONG else 4
+POWER_LOSS = "C2/C9/C10/C11: simulated power loss (SimFs), every syscall index"
 
 
 class AckBeforeSyncWal(Wal):
@@ -89,12 +90,9 @@ def _one_plan(cls: type[Wal], res: Result, seed: int, plan: list[tuple[int, int]
     return fs, acks
 
 
-_results: list[Result] = []
-
-
 def test_c2_power_loss_at_every_syscall_loses_no_acked_record() -> None:
     res, _fs, _acks = _power_loss_matrix(Wal, "C2 power loss, every syscall index", seed=2)
-    _results.append(res)
+    publish(POWER_LOSS, [res])
     assert res.runs > 2000 and res.acked > 0
     assert res.lost == 0 and res.corrupted_accepted == 0 and res.false_corruption == 0
     assert res.unacked_recovered > 0  # the simulator does persist unsynced writes sometimes
@@ -133,7 +131,7 @@ def test_c2_kill9_then_reopen_and_append_then_power_loss_loses_no_acked_record()
     res = Result("C2 kill -9 at every syscall, reopen + append, power loss", power_loss=True)
     for plan in _plans(4)[: None if LONG else 1]:
         _kill_then_power_loss(res, 4, plan)
-    _results.append(res)
+    publish(POWER_LOSS, [res])
     assert res.runs > 1000 and res.acked > 0
     assert res.lost == 0 and res.corrupted_accepted == 0 and res.false_corruption == 0
 
@@ -153,7 +151,7 @@ def test_c9_directory_fsync_precedes_first_ack_in_every_new_segment() -> None:
         res.acked += len(first)
         if first and first[0].trace_len <= dsync:
             res.lost += 1
-    _results.append(res)
+    publish(POWER_LOSS, [res])
     assert res.lost == 0
 
 
@@ -167,7 +165,7 @@ def test_c9_directory_fsync_precedes_first_ack_in_every_new_segment() -> None:
 )
 def test_power_loss_simulator_catches_a_broken_wal(cls: type[Wal], name: str) -> None:
     res, _, _ = _power_loss_matrix(cls, f"C2 broken WAL: {name} (must lose)", seed=3, first_only=True)
-    _results.append(res)
+    publish(POWER_LOSS, [res])
     assert res.lost > 0, "the simulator failed to detect a WAL that breaks a durability rule"
 
 
@@ -197,7 +195,7 @@ def test_c2_restart_loop_power_loss_at_every_syscall_keeps_acks_and_bounds_segme
             fs = fs.process_crash(on_op=before_op)
     fs.on_op = None
     run_matrix_point(fs, acks, known, res, rng, SAMPLES_AFTER_KILL, REOPEN_EVERY)
-    _results.append(res)
+    publish(POWER_LOSS, [res])
     segments = [n for n in fs.listdir(WAL_DIR) if n.endswith(".seg")]
     assert len(segments) <= 4, segments  # three opens appended (a segment each), plus the head-only tail
     assert res.runs > 500 and res.acked > 0
@@ -244,7 +242,7 @@ def test_c10_crash_during_recovery_then_recover_twice_gives_the_same_state() -> 
                 same = [(r.lsn, r.payload) for r in first.records] == [(r.lsn, r.payload) for r in second.records]
                 if not same or [(r.lsn, r.payload) for r in second.records] != ref or second.truncated:
                     res.corrupted_accepted += 1  # a second recovery changed something: not idempotent
-    _results.append(res)
+    publish(POWER_LOSS, [res])
     assert res.runs > 50
     assert res.lost == 0 and res.corrupted_accepted == 0 and res.false_corruption == 0
 
@@ -296,11 +294,7 @@ def test_c11_concurrent_appenders_batches_all_or_nothing_under_power_loss() -> N
         t.join()
     wal.close()
     n_requests = len(requests)
-    _results.append(res)
+    publish(POWER_LOSS, [res])
     assert res.runs > 100 and len(acked) > 0
     assert syncs["n"] < n_requests, "group commit should share fdatasyncs between appenders"
     assert res.lost == 0 and res.corrupted_accepted == 0 and res.false_corruption == 0
-
-
-def test_zz_publish_power_loss_table() -> None:
-    publish("C2/C9/C10/C11: simulated power loss (SimFs), every syscall index", _results)

@@ -20,7 +20,9 @@ LONG = os.environ.get("ESPER_CRASH_LONG") == "1"
 CTX = {"compiler": "tezzeret-test", "torch": "2.8.0", "flags": "mode=max-autotune", "device": "cpu"}
 WAL_DIR = "/sim/wal"
 USER_TYPES = (RecordType.BEGIN, RecordType.DATA, RecordType.COMMIT, RecordType.ABORT)
-TABLES: list[tuple[str, list[str], list[list[str]]]] = []  # printed by conftest at the end of the session
+# Result rows by table title, in the order tests publish them; conftest prints them in pytest's terminal summary, so
+# no test has to run last to publish a table.
+TABLES: dict[str, list[list[str]]] = {}
 
 
 @dataclass
@@ -76,7 +78,8 @@ HEAD = [
 
 
 def publish(title: str, results: list[Result]) -> None:
-    TABLES.append((title, HEAD, [r.row() for r in results]))
+    """Add the results' rows to the table `title` (created on first use)."""
+    TABLES.setdefault(title, []).extend(r.row() for r in results)
 
 
 def check(
