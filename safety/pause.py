@@ -11,6 +11,7 @@ Every limit and switch comes from `ProductionSafetyConfig`.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -92,7 +93,13 @@ def pause_expired(state: Paused | None, now_ms: float) -> bool:
 
 
 class PauseController:
-    """The pause of one slot (or instance): enter, exit, expire, the identity kernel, stats and events."""
+    """The pause of one slot (or instance): enter, exit, expire, the identity kernel, stats and events.
+
+    `on_change(paused)` is called whenever a pause begins (True) or ends (False), under the controller's lock and
+    before the new state is visible, so that a mirror of the state (a slot's control buffer) is written in the same
+    critical section as the state: changes from two threads cannot leave the mirror behind. It must not call back
+    into the controller; when it raises, the state is left unchanged. Events are emitted after the lock is
+    released."""
 
     def __init__(
         self,
@@ -102,12 +109,14 @@ class PauseController:
         config: ProductionSafetyConfig | None = None,
         clock: Clock = monotonic_ms,
         sink: EventSink | None = None,
+        on_change: Callable[[bool], None] | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.slot_id = slot_id
         self.config = config or ProductionSafetyConfig()
         self._clock = clock
         self._sink: EventSink = sink or NullSink()
+        self._on_change = on_change
         self._state: Paused | None = None
         self._lock = threading.Lock()
         self._identity_calls = 0
@@ -148,7 +157,9 @@ class PauseController:
             self.max_duration_ms if quota_ms is None else quota_ms,
         )
         with self._lock:
-            self._state, entered = pause_enter(self._state, now, reason, allowed, quota_ms or 0, command_id)
+            state, entered = pause_enter(self._state, now, reason, allowed, quota_ms or 0, command_id)
+            if entered:
+                self._change(state)
         if entered:
             detail = pb.PauseEntered(
                 instance_id=self.instance_id,
@@ -164,11 +175,22 @@ class PauseController:
 
     def exit_pause(self, cause: str = "command", command_id: str = "") -> bool:
         """Leave the pause; False when not paused."""
-        now = self._clock()
+        return self._exit(cause, command_id, only_if_due=False)
+
+    def expire_if_due(self) -> bool:
+        """End the pause when its allowed duration has passed; True when it ended now."""
+        return self._exit("expired", "", only_if_due=True)
+
+    def _exit(self, cause: str, command_id: str, *, only_if_due: bool) -> bool:
+        now = self._clock()  # read before the lock: a clock is foreign code
         with self._lock:
-            self._state, duration = pause_exit(self._state, now)
-        if duration is None:
-            return False
+            # The due check and the exit in one section: a pause begun in between is never ended as expired.
+            if only_if_due and not pause_expired(self._state, now):
+                return False
+            state, duration = pause_exit(self._state, now)
+            if duration is None:
+                return False
+            self._change(state)
         detail = pb.PauseExited(
             instance_id=self.instance_id,
             slot_id=self.slot_id,
@@ -179,11 +201,11 @@ class PauseController:
         self._emit(pb.TELEMETRY_INFO, f"pause exited on {self._where()} after {duration:.0f} ms ({cause})", detail)
         return True
 
-    def expire_if_due(self) -> bool:
-        """End the pause when its allowed duration has passed; True when it ended now."""
-        with self._lock:
-            due = pause_expired(self._state, self._clock())
-        return due and self.exit_pause(cause="expired")
+    def _change(self, state: Paused | None) -> None:
+        """Under the lock: the mirror first, so that a mirror that raises leaves the state as it was."""
+        if self._on_change is not None:
+            self._on_change(state is not None)
+        self._state = state
 
     def identity_kernel_output(self, x: X) -> X:
         """The identity kernel: the input itself, values unchanged. Raises NotPausedError outside a pause."""

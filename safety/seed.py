@@ -212,7 +212,9 @@ class SeedSlot(nn.Module):
         self.stage = SeedStage.DORMANT
         self.steps_in_stage = 0
         self._lock = threading.RLock()
-        self.pause = PauseController(instance_id, slot_id, config=safety, clock=clock, sink=self._sink)
+        self.pause = PauseController(
+            instance_id, slot_id, config=safety, clock=clock, sink=self._sink, on_change=self._write_paused
+        )
 
     # -- forward (no Python state read here: everything comes from the control buffer) ---------------------
 
@@ -347,23 +349,20 @@ class SeedSlot(nn.Module):
     ) -> bool:
         """The identity kernel from the next forward on, for at most the smallest of max_duration_ms, quota_ms and
         the configured max_pause_duration_ms; False when already paused (see PauseController)."""
-        entered = self.pause.enter_pause_with_identity_kernel(reason, quota_ms, max_duration_ms, command_id)
-        self._sync_pause()
-        return entered
+        return self.pause.enter_pause_with_identity_kernel(reason, quota_ms, max_duration_ms, command_id)
 
     def pause_exit(self, cause: str = "command", command_id: str = "") -> bool:
-        exited = self.pause.exit_pause(cause, command_id)
-        self._sync_pause()
-        return exited
+        return self.pause.exit_pause(cause, command_id)
 
     def tick(self) -> None:
         """End the pause when its maximum duration has passed (called each step and by the client)."""
-        if self.pause.expire_if_due():
-            self._sync_pause()
+        self.pause.expire_if_due()
 
-    def _sync_pause(self) -> None:
+    def _write_paused(self, paused: bool) -> None:
+        # The controller calls this under its lock with each change: the buffer cannot fall behind the state
+        # (written after the state's lock was released, a write from another thread could land in between).
         with torch.no_grad():
-            self.control[_PAUSED] = float(self.pause.is_paused)
+            self.control[_PAUSED] = float(paused)
 
     def extra_repr(self) -> str:
         return f"slot_id={self.slot_id!r}, stage={self.stage.name}"

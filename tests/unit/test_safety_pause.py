@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -166,3 +168,54 @@ def test_quota_defaults_come_from_the_config() -> None:
     clock.advance(1000)
     assert q.request_pause_quota(500).granted == 300
     assert (PauseQuota().max_quota, PauseQuota().interval_ms) == (10_000, 60_000)  # the spec's, via the config
+
+
+def test_expiry_never_ends_a_pause_begun_after_it_found_the_last_one_due() -> None:
+    # A listener ends the due pause and begins another while expire_if_due is running: at every clock read the
+    # expiring thread makes, the listener's thread is given up to half a second to do it.
+    clock = ManualClock()
+    expiring = threading.current_thread()
+    listener: threading.Thread | None = None
+
+    def reads() -> float:
+        nonlocal listener
+        if threading.current_thread() is expiring and listener is not None:
+            if listener.ident is None:
+                listener.start()
+            listener.join(timeout=0.5)
+        return clock()
+
+    p = PauseController("k1", clock=reads)
+    p.enter_pause_with_identity_kernel("first", max_duration_ms=10, command_id="c1")
+    clock.advance(10)
+
+    def exit_and_enter() -> None:
+        p.exit_pause(command_id="c1")
+        p.enter_pause_with_identity_kernel("second", max_duration_ms=10, command_id="c2")
+
+    listener = threading.Thread(target=exit_and_enter)
+    p.expire_if_due()
+    listener.join()
+    assert p.state is not None and p.state.command_id == "c2"
+
+
+def test_on_change_mirrors_every_change_and_a_failing_mirror_changes_nothing() -> None:
+    clock = ManualClock()
+    seen: list[bool] = []
+    p = PauseController("k1", clock=clock, on_change=seen.append)
+    p.enter_pause_with_identity_kernel("x", max_duration_ms=10)
+    p.enter_pause_with_identity_kernel("again")  # already paused: no change
+    p.exit_pause()
+    p.exit_pause()  # not paused: no change
+    p.enter_pause_with_identity_kernel("x", max_duration_ms=10)
+    clock.advance(10)
+    p.expire_if_due()
+    assert seen == [True, False, True, False]
+
+    def broken(paused: bool) -> None:
+        raise RuntimeError("mirror unavailable")
+
+    q = PauseController("k1", clock=clock, on_change=broken)
+    with pytest.raises(RuntimeError):
+        q.enter_pause_with_identity_kernel("x")
+    assert not q.is_paused

@@ -6,11 +6,17 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import random
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 from torch._dynamo.utils import counters
+from torch.overrides import TorchFunctionMode
 
 from esper.proto import leyline_pb2 as pb
 from esper.safety.breaker import CircuitBreaker, CircuitBreakerConfig
@@ -388,3 +394,107 @@ def test_compiled_host_does_not_recompile_when_slots_change_behaviour() -> None:
     slot.cull("test")
     step()
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def to_shadowing(slot: SeedSlot) -> None:
+    """Fully blended and out of BLENDING: the seed contributes and a step writes nothing but the pause."""
+    to_full_blend(slot)
+    slot.transition(S.SHADOWING)
+
+
+def acts_paused(slot: SeedSlot) -> bool:
+    """Whether the slot's forward is the identity kernel (a contributing seed's output differs from its input)."""
+    x = torch.randn(3, 16)
+    return torch.equal(slot(x), x)
+
+
+class _OtherSideInTheWindow(TorchFunctionMode):
+    """At this thread's first tensor write, runs `other` in another thread and waits for it (up to half a second)
+    before the write goes on: the other thread gets the window between a pause change and its buffer write."""
+
+    def __init__(self, other: Callable[[], object]) -> None:
+        super().__init__()
+        self._other = threading.Thread(target=other)
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        if func is torch.Tensor.__setitem__ and self._other.ident is None:
+            self._other.start()
+            self._other.join(timeout=0.5)
+        return func(*args, **(kwargs or {}))
+
+    def finish(self) -> None:
+        self._other.join()
+
+
+@pytest.mark.parametrize("window_of", ["listener entering", "training step expiring"])
+def test_a_pause_change_racing_the_buffer_write_of_another_leaves_graph_and_state_agreeing(window_of: str) -> None:
+    clock = ManualClock()
+    slot = make_slot(clock=clock)
+    to_shadowing(slot)
+
+    def expire_in_a_step() -> None:
+        clock.set(10)
+        slot.advance()
+
+    if window_of == "listener entering":  # the step ends the new pause before the listener's write of it
+        this, other = (lambda: slot.pause_enter("ops", max_duration_ms=10)), expire_in_a_step
+    else:  # the listener begins a pause before the step's write of the last one's end
+        slot.pause_enter("first", max_duration_ms=10)
+        this, other = expire_in_a_step, (lambda: slot.pause_enter("second", max_duration_ms=10))
+    window = _OtherSideInTheWindow(other)
+    with window:
+        this()
+    window.finish()
+    assert slot.is_paused == (window_of == "training step expiring")
+    assert acts_paused(slot) == slot.is_paused
+
+
+def test_graph_and_pause_state_agree_after_racing_listener_and_training_threads() -> None:
+    clock = ManualClock()
+    slot = make_slot(clock=clock)
+    to_shadowing(slot)
+    rounds = 3000
+    barrier = threading.Barrier(3)
+    choices = random.Random(0)
+
+    def listener() -> None:
+        for _ in range(rounds):
+            barrier.wait()
+            r = choices.random()
+            if r < 0.4:
+                slot.pause_enter("ops", max_duration_ms=2)
+            elif r < 0.7:
+                slot.pause_exit()
+            else:
+                clock.advance(1)
+                slot.tick()
+            barrier.wait()
+
+    def training() -> None:
+        for _ in range(rounds):
+            barrier.wait()
+            clock.advance(1)
+            slot.advance()
+            barrier.wait()
+
+    threads = [threading.Thread(target=listener), threading.Thread(target=training)]
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: many interleavings per round
+    disagreements = 0
+    try:
+        for t in threads:
+            t.start()
+        for _ in range(rounds):
+            barrier.wait()
+            barrier.wait()  # both threads are done with this round
+            disagreements += acts_paused(slot) != slot.is_paused
+    except BaseException:
+        barrier.abort()  # releases the threads
+        raise
+    finally:
+        sys.setswitchinterval(previous)
+        for t in threads:
+            t.join()
+    assert disagreements == 0
