@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 
 from wal_crash_harness import CTX, LONG, USER_TYPES, WAL_DIR, Ack, Result, check, publish, recover_image, workload
 
 from esper.compiler.wal import Entry, RecordType, Wal, WalConfig
 from esper.compiler.wal_cli import stress_payload
-from esper.compiler.wal_format import HEADER_SIZE, Manifest, padded
-from esper.compiler.wal_scan import ScannedRecord
+from esper.compiler.wal_format import HEADER_SIZE, Manifest, padded, segment_name
+from esper.compiler.wal_scan import Finding, ScannedRecord
 from esper.compiler.wal_simfs import CrashImage, SimFs
 
 DAMAGE = "C4/C5/C6: damaged bytes (recovery read-only on the damaged image)"
@@ -45,6 +46,50 @@ def _with(img: CrashImage, path: str, data: bytes) -> CrashImage:
 
 def _seg(img: CrashImage, r: ScannedRecord) -> str:
     return f"{WAL_DIR}/wal-{r.segment_id:016x}.seg"
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[1]
+
+
+def _slot_of(img: CrashImage) -> Callable[[str, int], tuple[str, int]]:
+    """(path, byte offset) -> (segment, offset of the record slot holding that byte) in the undamaged `img`: where
+    recovery must report damage to that byte. A byte past a segment's last record is in the slot after it; the
+    MANIFEST is one slot."""
+    report, _ = recover_image(img, repair=False)
+    slots: dict[str, list[int]] = {}
+    for r in report.records:  # every record but the SEGMENT one, which starts its file at 0
+        slots.setdefault(segment_name(r.segment_id), [0]).extend(
+            (r.offset, r.offset + HEADER_SIZE + padded(r.payload_len))
+        )
+
+    def slot(path: str, pos: int) -> tuple[str, int]:
+        return _name(path), max(o for o in slots.get(_name(path), [0]) if o <= pos)
+
+    return slot
+
+
+def test_the_checker_excuses_acks_only_behind_a_corruption_reported_at_the_damaged_record() -> None:
+    """A recovery that reports the damage earlier than where it is hides the acks in between: they count as lost."""
+    img, acked, known, recs = _base([1, 1, 1, 1])
+    path, damaged, early = _seg(img, recs[-1]), recs[-1], recs[-3]
+    name = path.rsplit("/", 1)[1]
+    report, _ = recover_image(_with(img, path, _flip(img.files[path], damaged.offset * 8 + 3)), repair=False)
+    assert report.corruption is not None and (report.corruption.segment, report.corruption.offset) == (
+        name,
+        damaged.offset,
+    )
+    right = Result("found at the damage", power_loss=False)
+    check(report, acked, known, right, damage_at=(name, damaged.offset))
+    assert right.lost == right.false_corruption == 0
+    misplaced = dataclasses.replace(
+        report,
+        records=[r for r in report.records if r.lsn < early.lsn],
+        findings=[*report.findings[:-1], Finding(name, early.offset, "corruption", "reported too early")],
+    )
+    wrong = Result("found before the damage", power_loss=False)
+    check(misplaced, acked, known, wrong, damage_at=(name, damaged.offset))
+    assert wrong.false_corruption == 1 and wrong.lost == 3  # recs[-3:]: none is excused
 
 
 def test_c4_truncation_at_every_byte_of_the_last_records() -> None:
@@ -84,7 +129,7 @@ def test_c5_every_header_bit_of_first_middle_last_record_and_payload_flips() -> 
         data = img.files[path]
         for bit in range(HEADER_SIZE * 8):
             report, _ = recover_image(_with(img, path, _flip(data, off * 8 + bit)), repair=False)
-            check(report, acked, known, res, corruption_expected=True)
+            check(report, acked, known, res, damage_at=(_name(path), off))
     publish(DAMAGE, [res])
     pres = Result("C5 random payload bit flips", power_loss=False)
     rng = random.Random(5)
@@ -93,10 +138,10 @@ def test_c5_every_header_bit_of_first_middle_last_record_and_payload_flips() -> 
         path = _seg(img, r)
         bit = (r.offset + HEADER_SIZE) * 8 + rng.randrange(r.payload_len * 8)
         report, _ = recover_image(_with(img, path, _flip(img.files[path], bit)), repair=False)
-        check(report, acked, known, pres, corruption_expected=True)
+        check(report, acked, known, pres, damage_at=(_name(path), r.offset))
     publish(DAMAGE, [pres])
     for x in (res, pres):
-        assert x.lost == 0 and x.corrupted_accepted == 0
+        assert x.lost == x.corrupted_accepted == x.false_corruption == 0
         assert x.classes["corruption"] == x.runs, "a flipped bit must be reported as corruption, never cut as a tail"
 
 
@@ -111,6 +156,7 @@ def test_c6_zeroed_sectors() -> None:
     for layout in LAYOUTS:
         for size in SIZES:
             img, acked, known, recs = _base(layout, size)
+            slot = _slot_of(img)
             last_batch = recs[-1].batch_id
             # *Zeroing a sector of the last batch is exactly what a torn unsynced write leaves: no log can tell them
             # apart. Any other batch was provably synced: a later batch's header, or its own last header and bytes
@@ -123,9 +169,10 @@ def test_c6_zeroed_sectors() -> None:
                     if z == data:
                         continue
                     report, _ = recover_image(_with(img, path, z), repair=False)
-                    check(report, kept, known, res, corruption_expected=True)
+                    first = s + 512 - len(data[s : s + 512].lstrip(b"\0"))  # the first byte the zeroing changed
+                    check(report, kept, known, res, damage_at=slot(path, first))
     publish(DAMAGE, [res])
-    assert res.lost == 0 and res.corrupted_accepted == 0 and res.classes["corruption"] > 0
+    assert res.lost == res.corrupted_accepted == res.false_corruption == 0 and res.classes["corruption"] > 0
 
 
 def test_c6_duplicated_swapped_foreign_and_stale_records_are_refused() -> None:
@@ -143,6 +190,7 @@ def test_c6_duplicated_swapped_foreign_and_stale_records_are_refused() -> None:
 
     end = tail[-1].offset + span
     foreign = rec_bytes(other.files[_seg(other, other_recs[-1])], other_recs[-1])
+    at_end, at_1, at_0 = (_name(path), end), (_name(path), tail[1].offset), (_name(path), tail[0].offset)
     cases = {
         "dup after tail": data[:end] + rec_bytes(data, tail[-1]) + data[end + span :],
         "dup in middle": data[: tail[1].offset] + rec_bytes(data, tail[0]) + data[tail[1].offset + span :],
@@ -157,14 +205,15 @@ def test_c6_duplicated_swapped_foreign_and_stale_records_are_refused() -> None:
     for _ in range(20 if not LONG else 200):
         junk = rng.randbytes(rng.randint(1, 2000))
         cases[f"stale junk {len(cases)}"] = data[:end] + junk + data[end + len(junk) :]
+    where = {"dup in middle": at_1, "swap": at_0, "foreign in middle": at_1}  # the rest start at the tail's end
     for name, d in cases.items():
         assert len(d) == len(data), name
         report, _ = recover_image(_with(img, path, d), repair=False)
-        check(report, acked, known, res, corruption_expected=True)
+        check(report, acked, known, res, damage_at=where.get(name, at_end))
         # Junk that looks like an interrupted write may be cut as a torn tail; records out of place never.
         assert report.corruption is not None or name.startswith("stale junk"), f"{name} was not refused"
     publish(DAMAGE, [res])
-    assert res.lost == 0 and res.corrupted_accepted == 0
+    assert res.lost == res.corrupted_accepted == res.false_corruption == 0
 
 
 def _never_retired() -> tuple[CrashImage, dict[int, bytes], set[bytes]]:
@@ -193,21 +242,27 @@ def test_c6_lost_oldest_segments_and_a_lost_or_damaged_manifest_are_corruption()
     old = Manifest.decode(good)
     assert isinstance(old, Manifest)
     stale = dataclasses.replace(old, segment_id=old.segment_id - 1).encode()  # an older manifest: names a gone file
-    cases: list[tuple[CrashImage, dict[int, bytes], set[bytes]]] = [
-        (_without(never, n_segs[0]), n_acked, n_known),
-        (_without(never, *n_segs[:2]), n_acked, n_known),
-        (_without(retired, r_segs[0]), r_acked, r_known),
-        (_without(retired, *r_segs[:2]), r_acked, r_known),
-        (_without(retired, *r_segs), r_acked, r_known),
-        (_without(retired, manifest), r_acked, r_known),
-        (_without(retired, manifest, r_segs[0]), r_acked, r_known),
-        (_with(retired, manifest, stale), r_acked, r_known),
-        *((_with(retired, manifest, good[:n]), r_acked, r_known) for n in range(len(good))),
-        *((_with(retired, manifest, _flip(good, bit)), r_acked, r_known) for bit in range(len(good) * 8)),
+    # Each case with where its damage must be reported: the oldest segment left (it does not start the log), the
+    # first segment the manifest names (missing), or the manifest itself.
+    first, damaged_manifest = (_name(r_segs[0]), 0), ("MANIFEST", 0)
+    cases: list[tuple[CrashImage, dict[int, bytes], set[bytes], tuple[str, int]]] = [
+        (_without(never, n_segs[0]), n_acked, n_known, (_name(n_segs[1]), 0)),
+        (_without(never, *n_segs[:2]), n_acked, n_known, (_name(n_segs[2]), 0)),
+        (_without(retired, r_segs[0]), r_acked, r_known, first),
+        (_without(retired, *r_segs[:2]), r_acked, r_known, first),
+        (_without(retired, *r_segs), r_acked, r_known, first),
+        (_without(retired, manifest), r_acked, r_known, first),
+        (_without(retired, manifest, r_segs[0]), r_acked, r_known, (_name(r_segs[1]), 0)),
+        (_with(retired, manifest, stale), r_acked, r_known, (segment_name(old.segment_id - 1), 0)),
+        *((_with(retired, manifest, good[:n]), r_acked, r_known, damaged_manifest) for n in range(len(good))),
+        *(
+            (_with(retired, manifest, _flip(good, bit)), r_acked, r_known, damaged_manifest)
+            for bit in range(len(good) * 8)
+        ),
     ]
-    for img, acked, known in cases:
+    for img, acked, known, at in cases:
         report, _ = recover_image(img, repair=False)
-        check(report, acked, known, res, corruption_expected=True)
+        check(report, acked, known, res, damage_at=at)
     publish(DAMAGE, [res])
-    assert res.lost == 0 and res.corrupted_accepted == 0
+    assert res.lost == res.corrupted_accepted == res.false_corruption == 0
     assert res.classes["corruption"] == res.runs, "a lost start of the log must be reported, never skipped"

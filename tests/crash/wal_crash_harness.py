@@ -37,7 +37,7 @@ class Result:
     lost: int = 0  # acked but not recovered (and not behind a reported corruption)
     unacked_recovered: int = 0
     corrupted_accepted: int = 0
-    false_corruption: int = 0  # corruption reported where only crashes happened (a failure too)
+    false_corruption: int = 0  # corruption reported where only crashes happened, or not at the damage (a failure too)
     classes: Counter[str] = field(default_factory=Counter)
     times_ms: list[float] = field(default_factory=list)
 
@@ -88,9 +88,14 @@ def check(
     known: set[bytes],
     res: Result,
     *,
-    corruption_expected: bool = False,
+    damage_at: tuple[str, int] | None = None,
 ) -> None:
-    """Score one recovery: acked ⊆ recovered, every recovered record is one that was written, unaltered."""
+    """Score one recovery: acked ⊆ recovered, every recovered record is one that was written, unaltered.
+
+    `damage_at` is where the test damaged the log (segment file or MANIFEST, offset of the record slot): a corruption
+    reported there excuses the acks behind it. Reported anywhere else, or where only crashes happened, it is a false
+    corruption (a failure too) and excuses nothing.
+    """
     res.runs += 1
     res.times_ms.append(report.duration_s * 1e3)
     kinds = [f.kind for f in report.findings]
@@ -104,10 +109,13 @@ def check(
             res.corrupted_accepted += 1
         elif lsn not in acked:
             res.unacked_recovered += 1
-    stop = (report.last_lsn or 0) if report.corruption is not None else None
-    if report.corruption is not None and not corruption_expected:
-        res.false_corruption += 1
-        stop = None  # a crash alone must never make the log refuse to open: count what it hides as lost
+    c = report.corruption
+    stop: int | None = None
+    if c is not None:
+        if (c.segment, c.offset) == damage_at:
+            stop = report.last_lsn or 0
+        else:
+            res.false_corruption += 1
     for lsn in acked:
         if lsn not in recovered and not (stop is not None and lsn > stop):
             res.lost += 1
