@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -169,6 +170,8 @@ QUOTA_DENIED: QuotaOutcome
 PAUSE_ACTION_UNSPECIFIED: PauseAction
 PAUSE_ENTER: PauseAction
 PAUSE_EXIT: PauseAction
+SECRET_FIELD_NUMBER: _ClassVar[int]
+secret: _descriptor.FieldDescriptor
 
 class KeyValue(_message.Message):
     __slots__ = ("key", "value")
@@ -797,7 +800,7 @@ class RecordHeader(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
-    __slots__ = ("origin_topic", "origin_partition", "origin_offset", "origin_key", "origin_value", "origin_value_truncated", "origin_headers", "origin_timestamp_ms", "error_type", "error", "consumer_group", "failed_at", "origin_key_truncated", "origin_headers_truncated")
+    __slots__ = ("origin_topic", "origin_partition", "origin_offset", "origin_key", "origin_value", "origin_value_truncated", "origin_headers", "origin_timestamp_ms", "error_type", "error", "consumer_group", "failed_at", "origin_key_truncated", "origin_headers_truncated", "origin_value_redacted")
     ORIGIN_TOPIC_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_PARTITION_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -812,6 +815,7 @@ class DeadLetter(_message.Message):
     FAILED_AT_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_KEY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_HEADERS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_VALUE_REDACTED_FIELD_NUMBER: _ClassVar[int]
     origin_topic: str
     origin_partition: int
     origin_offset: int
@@ -826,4 +830,5 @@ class DeadLetter(_message.Message):
     failed_at: _timestamp_pb2.Timestamp
     origin_key_truncated: bool
     origin_headers_truncated: bool
-    def __init__(self, origin_topic: _Optional[str] = ..., origin_partition: _Optional[int] = ..., origin_offset: _Optional[int] = ..., origin_key: _Optional[bytes] = ..., origin_value: _Optional[bytes] = ..., origin_value_truncated: _Optional[bool] = ..., origin_headers: _Optional[_Iterable[_Union[RecordHeader, _Mapping]]] = ..., origin_timestamp_ms: _Optional[int] = ..., error_type: _Optional[str] = ..., error: _Optional[str] = ..., consumer_group: _Optional[str] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin_key_truncated: _Optional[bool] = ..., origin_headers_truncated: _Optional[bool] = ...) -> None: ...
+    origin_value_redacted: bool
+    def __init__(self, origin_topic: _Optional[str] = ..., origin_partition: _Optional[int] = ..., origin_offset: _Optional[int] = ..., origin_key: _Optional[bytes] = ..., origin_value: _Optional[bytes] = ..., origin_value_truncated: _Optional[bool] = ..., origin_headers: _Optional[_Iterable[_Union[RecordHeader, _Mapping]]] = ..., origin_timestamp_ms: _Optional[int] = ..., error_type: _Optional[str] = ..., error: _Optional[str] = ..., consumer_group: _Optional[str] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin_key_truncated: _Optional[bool] = ..., origin_headers_truncated: _Optional[bool] = ..., origin_value_redacted: _Optional[bool] = ...) -> None: ...

@@ -12,6 +12,7 @@ __all__ = [
     "InvalidCommandError",
     "InvalidPauseError",
     "NotPausedError",
+    "OutboxLockedError",
     "PauseRefusedError",
     "RecompilationLimitError",
     "SafetyError",
@@ -84,3 +85,7 @@ class TeacherMemoryExceededError(SafetyError, MemoryError):
 
 class InvalidCommandError(SafetyError):
     """A control command that cannot be applied (unknown action, no target, unknown slot): it is dead-lettered."""
+
+
+class OutboxLockedError(SafetyError):
+    """Another process holds this safety-event outbox (two clients of one Kasmina instance on one machine)."""

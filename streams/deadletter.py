@@ -1,6 +1,11 @@
-"""The dead-letter path: a record that cannot be decoded or processed is kept, with its origin and the error."""
+"""The dead-letter path: a record that cannot be decoded or processed is kept, with its origin and the error.
+
+Dead letters are kept for 30 days and read by operators: secrets are redacted (esper.streams.redact) from the copied
+value, headers and error before a letter is built."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from confluent_kafka import KafkaException, Message
 
@@ -8,6 +13,7 @@ from esper.proto import leyline_pb2 as pb
 from esper.streams.envelope import header_pairs
 from esper.streams.exceptions import DeadLetterUnavailableError, ProduceError
 from esper.streams.producer import LeylineProducer
+from esper.streams.redact import redact_header, redact_text, redact_value
 from esper.streams.topics import DEADLETTER
 
 # The dead-letter topic allows records of DEADLETTER_MAX_BYTES; what is copied of the origin record stays well
@@ -21,9 +27,11 @@ MAX_ERROR_CHARS = 4000
 
 
 def dead_letter_for(msg: Message, error: BaseException, consumer_group: str = "") -> pb.DeadLetter:
-    """Build the DeadLetter of one consumed record (pure: no I/O)."""
+    """Build the DeadLetter of one consumed record, its secrets redacted (pure: no I/O)."""
     value = msg.value() or b""
     key = msg.key() or b""
+    redacted, secrets = redact_value(value, header_pairs(msg.headers()), msg.topic())
+    value = value if redacted is None else redacted
     letter = pb.DeadLetter(
         origin_topic=msg.topic() or "",
         origin_partition=msg.partition() or 0,
@@ -32,14 +40,15 @@ def dead_letter_for(msg: Message, error: BaseException, consumer_group: str = ""
         origin_key_truncated=len(key) > MAX_COPIED_KEY,
         origin_value=value[:MAX_COPIED_VALUE],
         origin_value_truncated=len(value) > MAX_COPIED_VALUE,
+        origin_value_redacted=redacted is not None,
         origin_timestamp_ms=msg.timestamp()[1],
         error_type=type(error).__name__,
-        error=str(error)[:MAX_ERROR_CHARS],
+        error=redact_text(str(error), secrets)[:MAX_ERROR_CHARS],
         consumer_group=consumer_group,
     )
     budget = MAX_COPIED_HEADERS
     for name, raw in header_pairs(msg.headers()):
-        data = raw.encode() if isinstance(raw, str) else raw or b""
+        data = redact_header(name, raw.encode() if isinstance(raw, str) else raw or b"")
         budget -= len(name) + len(data)
         if budget < 0:
             letter.origin_headers_truncated = True
@@ -61,11 +70,8 @@ class DeadLetterPublisher:
     @classmethod
     def connect(cls, bootstrap_servers: str, consumer_group: str) -> DeadLetterPublisher:
         """A publisher with its own producer, allowed records as large as the dead-letter topic takes."""
-        producer = LeylineProducer(
-            bootstrap_servers,
-            producer_id=f"{consumer_group}-deadletter",
-            **{"message.max.bytes": DEADLETTER_MAX_BYTES},
-        )
+        limits: dict[str, Any] = {"message.max.bytes": DEADLETTER_MAX_BYTES}
+        producer = LeylineProducer(bootstrap_servers, producer_id=f"{consumer_group}-deadletter", **limits)
         return cls(producer, consumer_group)
 
     def publish(self, msg: Message, error: BaseException) -> pb.DeadLetter:

@@ -10,8 +10,11 @@ __all__ = [
     "DecodeError",
     "MalformedPayloadError",
     "ProduceError",
+    "ProducerFatalError",
     "ProvisioningError",
+    "QueueFullError",
     "StreamsError",
+    "TransientError",
     "UnknownMessageTypeError",
     "UnknownTopicError",
     "UnsupportedContentTypeError",
@@ -45,6 +48,18 @@ class UnknownTopicError(StreamsError):
 
 class ProduceError(StreamsError):
     """A record was not acknowledged by the cluster."""
+
+
+class QueueFullError(ProduceError):
+    """The producer's local queue stayed full for as long as the caller was willing to wait."""
+
+
+class ProducerFatalError(ProduceError):
+    """The producer hit a fatal error (librdkafka will send nothing more) and is not recreated."""
+
+
+class TransientError(StreamsError):
+    """A handler's failure that may pass if the record is tried again (the default retry policy retries these)."""
 
 
 class DeadLetterUnavailableError(ProduceError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -20,7 +21,7 @@ from esper.safety.exceptions import InvalidCommandError, PauseRefusedError
 from esper.safety.seed import SeedSlot
 from esper.streams.consumer import Record
 from esper.streams.producer import LeylineProducer
-from esper.streams.topics import SAFETY, TELEMETRY
+from esper.streams.topics import CONTROL_PAUSE, SAFETY, TELEMETRY
 
 SAFETY_CFG = ProductionSafetyConfig(max_pause_quota=1500, max_pause_duration_ms=60_000)
 
@@ -42,12 +43,25 @@ class Sent:
 def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
     captured = Sent()
 
-    def try_send(self: LeylineProducer, topic: str, message: Message, key: Any = None, **_: Any) -> bool:
+    def try_send(self: LeylineProducer, topic: str, message: Message, key: Any = None, **kw: Any) -> bool:
         captured.messages.append((topic, message))
+        acknowledge(kw)
         return True
 
     monkeypatch.setattr(LeylineProducer, "try_send", try_send)
     return captured
+
+
+def acknowledge(send_kwargs: dict[str, Any]) -> None:
+    """What the broker would do for a captured message: acknowledge it (safety events leave the outbox)."""
+    if send_kwargs.get("on_delivery") is not None:
+        send_kwargs["on_delivery"](None, None)
+
+
+@pytest.fixture(autouse=True)
+def _outbox_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's outbox (.esper/outbox/<instance>, relative to the working directory) is its own."""
+    monkeypatch.chdir(tmp_path)
 
 
 def offline(**kw: Any) -> KasminaClient:
@@ -68,7 +82,8 @@ def client(sent: Sent) -> Iterator[KasminaClient]:
 def command(client: KasminaClient, **fields: Any) -> None:
     """Hand a pause command to the client as its consumer would (the handler: raising dead-letters it)."""
     cmd = pb.PauseCommand(target_instance="k1", **fields)
-    client._apply_command(cast(Record, SimpleNamespace(message=cmd)))
+    record = SimpleNamespace(message=cmd, topic=CONTROL_PAUSE.name, partition=0, offset=0, timestamp_ms=0)
+    client._apply_command(cast(Record, record))
 
 
 def test_the_hardware_profile_is_published_once_at_start(client: KasminaClient, sent: Sent) -> None:
@@ -165,14 +180,17 @@ def test_command_processing_time_is_published_as_standard_metric_points(client: 
 def test_flush_counts_an_item_the_publisher_is_still_handing_over(monkeypatch: pytest.MonkeyPatch) -> None:
     inside, release = threading.Event(), threading.Event()
 
-    def slow_try_send(self: LeylineProducer, topic: str, message: Message, key: Any = None, **_: Any) -> bool:
-        inside.set()
-        release.wait(10)
+    def slow_try_send(self: LeylineProducer, topic: str, message: Message, key: Any = None, **kw: Any) -> bool:
+        if topic == TELEMETRY.name:
+            inside.set()
+            release.wait(10)
+        acknowledge(kw)
         return True
 
     monkeypatch.setattr(LeylineProducer, "try_send", slow_try_send)
-    c = offline()  # its first item, the hardware profile, is taken out of the buffer and stuck in try_send
+    c = offline()
     try:
+        c.publish_metrics({"x": 1.0})  # taken out of the buffer and stuck in try_send
         c.flush(0)  # wakes the publisher
         assert inside.wait(10)
         assert c.flush(0.05) == 1  # the buffer is empty, but the item is not in the producer yet
