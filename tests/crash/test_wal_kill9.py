@@ -2,6 +2,9 @@
 
 Most runs fork this (already imported) test process into the same typer command `esper wal stress` runs, so a run
 costs milliseconds instead of an interpreter start; some runs exec the real `esper` executable. Two at a time.
+A negative control runs the same campaign on a WAL that acknowledges each batch before writing it: the checker must
+see it lose records. (A WAL that only skips fdatasync cannot be caught here: the page cache survives a kill -9; the
+power-loss matrix catches that one.)
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ import time
 from pathlib import Path
 
 import pytest
-from wal_crash_harness import LONG, Result, publish
+from wal_crash_harness import LONG, Result, WriteOneBehindWal, publish
 
+from esper.compiler import wal as wal_module
 from esper.compiler import wal_cli
-from esper.compiler.wal import RecordType, recover
+from esper.compiler.wal import RecordType, Wal, recover
 from esper.compiler.wal_cli import stress_payload_ok
 
 FORKED_RUNS = 10_000 if LONG else 1_000
 EXEC_RUNS = 300 if LONG else 12
 RESTART_RUNS = 2_000 if LONG else 200
+CONTROL_RUNS = 40  # the broken writer loses a record in about every other run killed while appending
+C1 = "C1: kill -9 (process crash: the page cache survives)"
 SEGMENT = 1 << 20  # the restart loop's segments (preallocated)
 ESPER = str(Path(sys.executable).with_name("esper"))
 
@@ -47,13 +53,14 @@ def _args(path: str, rng: random.Random) -> list[str]:
     ]
 
 
-def _fork_stress(args: list[str]) -> tuple[int, int]:
+def _fork_stress(args: list[str], wal_cls: type[Wal] = Wal) -> tuple[int, int]:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: become `esper wal stress ...`, stdout = the pipe
         try:
             os.close(r)
             os.dup2(w, 1)
+            wal_module.Wal = wal_cls  # type: ignore[misc]  # in this child only: the WAL class `stress` opens
             wal_cli.app(args=args, standalone_mode=False)
         finally:
             os._exit(0)
@@ -76,7 +83,15 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _campaign(res: Result, runs: int, spawn: str, delay_s: tuple[float, float], tmp: Path, seed: int) -> None:
+def _campaign(
+    res: Result,
+    runs: int,
+    spawn: str,
+    delay_s: tuple[float, float],
+    tmp: Path,
+    seed: int,
+    wal_cls: type[Wal] = Wal,
+) -> None:
     rng = random.Random(seed)
     acked: dict[str, set[int]] = {}
     done = 0
@@ -88,8 +103,7 @@ def _campaign(res: Result, runs: int, spawn: str, delay_s: tuple[float, float], 
                 shutil.rmtree(path, ignore_errors=True)
                 acked[path] = set()
             acked.setdefault(path, set())
-            launch = _fork_stress if spawn == "fork" else _exec_stress
-            pid, fd = launch(_args(path, rng))
+            pid, fd = _fork_stress(_args(path, rng), wal_cls) if spawn == "fork" else _exec_stress(_args(path, rng))
             slots.append((time.monotonic() + rng.uniform(*delay_s), pid, fd, path))
         heads: dict[int, bytes] = {}
         for deadline, pid, fd, _path in sorted(slots):
@@ -151,9 +165,16 @@ def test_c1_kill9_stress_never_loses_an_acked_record(tmp_path: Path) -> None:
     loop = Result("", power_loss=False)
     segments, allocated = _restart_loop(loop, RESTART_RUNS, tmp_path, seed=3)
     loop.scenario = f"C1 restart loop: kill -9 of open/close x{RESTART_RUNS} -> {segments} seg, {allocated >> 10} KiB"
-    publish("C1: kill -9 (process crash: the page cache survives)", [forked, execd, loop])
+    publish(C1, [forked, execd, loop])
     for r in (forked, execd):
         assert r.runs >= 10 and r.acked > 0
         assert r.lost == 0 and r.corrupted_accepted == 0 and r.false_corruption == 0
     assert loop.false_corruption == 0
     assert segments == 1 and allocated <= SEGMENT + 8192, "every open replaces the head-only tail"
+
+
+def test_c1_kill9_catches_a_wal_that_acks_a_batch_before_writing_it(tmp_path: Path) -> None:
+    res = Result(f"C1 broken WAL: acks a batch before writing it, forked x{CONTROL_RUNS} (must lose)", power_loss=False)
+    _campaign(res, CONTROL_RUNS, "fork", (0.0, 0.03), tmp_path, seed=5, wal_cls=WriteOneBehindWal)
+    publish(C1, [res])
+    assert res.lost > 0, "the kill -9 matrix failed to detect a WAL that acknowledges records it has not written"

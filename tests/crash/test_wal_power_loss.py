@@ -15,6 +15,7 @@ from wal_crash_harness import (
     WAL_DIR,
     Ack,
     Result,
+    WriteOneBehindWal,
     acked_at,
     check,
     publish,
@@ -161,6 +162,7 @@ def test_c9_directory_fsync_precedes_first_ack_in_every_new_segment() -> None:
         (AckBeforeSyncWal, "ack before fdatasync"),
         (NoDirSyncWal, "no dir fsync"),
         (UnlinkBeforeManifestWal, "retire unlinks before the manifest"),
+        (WriteOneBehindWal, "acks a batch before writing it"),
     ],
 )
 def test_power_loss_simulator_catches_a_broken_wal(cls: type[Wal], name: str) -> None:

@@ -121,6 +121,29 @@ def check(
             res.lost += 1
 
 
+class WriteOneBehindWal(Wal):
+    """Broken on purpose: acknowledges each batch before writing it; its bytes are written and synced with the next
+    batch (or before a roll). Every ack is one batch (at batch size 1, one LSN) ahead of the log, even in the page
+    cache, so both a kill -9 and a power cut must catch it."""
+
+    _behind: tuple[int, bytes] | None = None  # (offset, bytes) of the acked batch not written yet
+
+    def _durable_write(self, data: bytes) -> None:
+        self._write_behind()
+        self._behind = (self._seg_off, data)
+        self._seg_off += len(data)
+
+    def _roll(self, nbytes: int, count: int, *, cp: bool) -> None:
+        self._write_behind()  # into the segment it belongs to
+        super()._roll(nbytes, count, cp=cp)
+
+    def _write_behind(self) -> None:
+        if self._behind is not None and self._seg_fd is not None:
+            (off, data), self._behind = self._behind, None
+            self.fs.pwrite(self._seg_fd, data, off)
+            self._sync_segment(self._seg_fd)
+
+
 def recover_image(img: CrashImage, *, repair: bool = True) -> tuple[RecoveryReport, SimFs]:
     fs = SimFs(img)
     return recover(WAL_DIR, fs, repair=repair, keep_payloads=True), fs
