@@ -7,6 +7,9 @@ operations applied as a prefix (ordered metadata journal). Synced data always su
 `process_crash()` is a kill -9 instead: a new SimFs over the same page cache, the unsynced writes still pending, so
 a later power cut can still drop what the killed process wrote but never synced.
 
+Reads see the page cache (`mapped`) or the disk (`read_past_cache`, O_DIRECT's view: dirty pages are written back
+first, so the two differ only in pages a failed sync left clean but unwritten; see `FaultFs`).
+
 `FaultFs` wraps a `SimFs` and makes call k of a kind fail (EIO from a sync, ENOSPC or a short write from a write;
 a short write stops at a 512-byte boundary of the file, as block allocation does).
 """
@@ -29,6 +32,7 @@ from esper.compiler.fsio import ReadBuffer
 __all__ = ["CrashImage", "FaultFs", "SimCrash", "SimFs"]
 
 SECTOR = 512
+PAGE = 4096  # the page cache's unit: a page dirtied again is written back whole
 
 
 class SimCrash(Exception):
@@ -56,6 +60,19 @@ class _Inode:
     data: bytearray  # what reads return now
     durable: bytes  # as of the last fsync/fdatasync
     pending: list[tuple[str, int, bytes]] = field(default_factory=list)  # ("write", off, data) | ("size", n, b"")
+    lost: set[int] = field(default_factory=set)  # pages a failed sync marked clean: in `data`, never on the disk
+
+    def disk_view(self) -> bytes:
+        """What a read past the cache returns: the cache (dirty pages are written back first), but the disk's bytes
+        (zeros where it has none) in the lost pages."""
+        if not self.lost:
+            return bytes(self.data)
+        out = bytearray(self.data)
+        for p in self.lost:
+            a, b = p * PAGE, min((p + 1) * PAGE, len(out))
+            disk = self.durable[a:b]
+            out[a:b] = disk + bytes(b - a - len(disk))
+        return bytes(out)
 
 
 NsOp = tuple[Literal["link", "unlink", "rename", "mkdir"], str, str, int]  # kind, path, path2, inode
@@ -157,6 +174,7 @@ class SimFs:
                 ino.data.extend(bytes(end - len(ino.data)))
             ino.data[offset:end] = data
             ino.pending.append(("write", offset, bytes(data)))
+            ino.lost.difference_update(range(offset // PAGE, -(-end // PAGE)))  # dirty again: written back whole
             return len(data)
 
     def fallocate(self, fd: int, offset: int, length: int) -> None:
@@ -172,7 +190,7 @@ class SimFs:
         with self._lock:
             self._op(kind, f"{self.fds.get(fd)}")
             ino = self._inode(fd)
-            ino.durable = bytes(ino.data)
+            ino.durable = ino.disk_view()  # lost pages are clean: a sync does not write them
             ino.pending.clear()
 
     def fdatasync(self, fd: int) -> None:
@@ -190,6 +208,8 @@ class SimFs:
             else:
                 ino.data.extend(bytes(length - len(ino.data)))
             ino.pending.append(("size", length, b""))
+            # the pages past the cut are gone, the one it splits is zeroed past it and dirtied: none is lost any more
+            ino.lost = {p for p in ino.lost if p < length // PAGE}
 
     def fsync_dir(self, path: str) -> None:
         with self._lock:
@@ -228,6 +248,12 @@ class SimFs:
             b = bytes(self.inodes[self.names[os.path.normpath(path)]].data)
         yield b
 
+    @contextmanager
+    def read_past_cache(self, path: str) -> Iterator[tuple[ReadBuffer, str]]:
+        with self._lock:
+            b = self.inodes[self.names[os.path.normpath(path)]].disk_view()
+        yield b, "simulated disk"
+
     # ------------------------------------------------------------ images
 
     @staticmethod
@@ -250,7 +276,9 @@ class SimFs:
         cache survives the process, not a power cut), and no open descriptors. The next process runs on the copy."""
         with self._lock:
             fs = SimFs(on_op=on_op)
-            fs.inodes = {i: _Inode(bytearray(n.data), n.durable, list(n.pending)) for i, n in self.inodes.items()}
+            fs.inodes = {
+                i: _Inode(bytearray(n.data), n.durable, list(n.pending), set(n.lost)) for i, n in self.inodes.items()
+            }
             fs.names, fs.durable_names = dict(self.names), dict(self.durable_names)
             fs.dirs, fs.durable_dirs = set(self.dirs), set(self.durable_dirs)
             fs.ns_pending = list(self.ns_pending)
@@ -349,8 +377,10 @@ FaultKind = Literal["eio_sync", "enospc_write", "short_write"]
 class FaultFs(SimFs):
     """A SimFs whose k-th sync (EIO) or k-th write/allocation (ENOSPC, short write) fails, once; calls are counted.
 
-    After a failed fsync the unsynced writes are dropped from the page cache too (Linux marks them clean: a later
-    read may not see them), the case that makes retrying an fsync unsafe.
+    A failed file sync is fsyncgate as ext4 and XFS do it: the file's unsynced writes never reach the disk, yet their
+    pages are marked clean and stay in the cache. Reads through the cache still return them, a read past it does not,
+    a later sync succeeds without writing them, and a power cut loses them. The size changes stay pending (the inode
+    is still dirty: a later sync persists them).
     """
 
     def __init__(self, kind: FaultKind, at: int, on_op: Callable[[SimFs, str], None] | None = None) -> None:
@@ -366,8 +396,10 @@ class FaultFs(SimFs):
                 if self.syncs == self.at:
                     self._fire(f"{kind} EIO")
                     ino = self._inode(fd)
-                    ino.data = bytearray(ino.durable)
-                    ino.pending.clear()
+                    for op, off, data in ino.pending:
+                        if op == "write":
+                            ino.lost.update(range(off // PAGE, -(-(off + len(data)) // PAGE)))
+                    ino.pending = [p for p in ino.pending if p[0] == "size"]
                     raise OSError(errno.EIO, "injected EIO")
             super()._sync(fd, kind)
 
