@@ -138,6 +138,7 @@ class KasminaClient:
         consume_pause: bool = True,
         outbox_dir: Path | str | None = None,
         producer_overrides: Mapping[str, Any] | None = None,
+        safety_producer_overrides: Mapping[str, Any] | None = None,
         consumer_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.instance_id = instance_id
@@ -177,7 +178,9 @@ class KasminaClient:
             producer_id=f"kasmina-{instance_id}-safety",
             **{
                 **_SAFETY_PRODUCER_DEFAULTS,
+                # the telemetry overrides apply too (client settings), but not over its own delivery settings
                 **{k: v for k, v in overrides.items() if k not in _SAFETY_PRODUCER_DEFAULTS},
+                **(safety_producer_overrides or {}),
             },
         )
         self._consumer_overrides = {**_CONSUMER_DEFAULTS, **(consumer_overrides or {})}

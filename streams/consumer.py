@@ -90,6 +90,7 @@ class ConsumerStats:
     processed: int = 0
     dead_lettered: int = 0
     retried: int = 0
+    history_skipped: int = 0  # bad records before history_end (from_time), not dead-lettered again
     errors: int = 0
     last_error: str = ""
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
@@ -149,7 +150,7 @@ class LeylineConsumer:
         """Read every partition of `topic` from its first record at or after `since_ms` (wall clock, ms), outside
         any consumer group: no group is joined or left behind and nothing is committed. `history_end` says where
         each partition with records since then ended when it started, so the caller can tell history from what came
-        after. Raises
+        after; a bad record of that history is logged and skipped, not dead-lettered again. Raises
         KafkaException or UnknownTopicError while the cluster cannot answer."""
         consumer = cls(bootstrap_servers, client_id, [], _grouped=False, **kwargs)
         try:
@@ -286,6 +287,12 @@ class LeylineConsumer:
 
     def _dead_letter(self, msg: Message, error: BaseException) -> None:
         coordinates = _coordinates(msg)
+        if coordinates[2] < self.history_end.get(coordinates[:2], -1):
+            # History that from_time reads again on every start: the consumers reading it when it was new had its
+            # dead letter to write; a copy per restart would only bury the first.
+            self.stats.history_skipped += 1
+            log.warning("%s: skipped a bad record of the history at %s: %s", self.group_id, coordinates, error)
+            return
         try:
             letter = self.dead_letters.publish(msg, error)
         except DeadLetterUnavailableError:

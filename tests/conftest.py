@@ -91,6 +91,31 @@ def test_settings() -> EsperSettings:
     )
 
 
+@contextlib.contextmanager
+def own_broker(name: str, port_offset: int) -> Iterator[LocalBroker]:
+    """A broker of its own (own data and ports, every Leyline topic): a test may stop and restart it without
+    disturbing the shared test broker or the cluster the other tests use. Fails (never skips) when it cannot start."""
+    broker = LocalBroker(
+        load_settings(
+            home=TEST_HOME,
+            broker_port=TEST_PORT + port_offset,
+            controller_port=TEST_PORT + port_offset + 1,
+            bootstrap_servers=None,
+        ).cluster(),
+        name=name,
+    )
+    try:
+        broker.up(timeout_s=180)
+        create_topics(broker.bootstrap_servers, ALL_TOPICS)
+    except Exception as e:
+        pytest.fail(f"the Kafka broker {name} could not start: {e}", pytrace=False)
+    try:
+        yield broker
+    finally:
+        gc.collect()  # clients left in reference cycles go before the broker does
+        broker.down()
+
+
 def _external_bootstrap() -> str | None:
     return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or os.environ.get("ESPER_BOOTSTRAP_SERVERS") or None
 

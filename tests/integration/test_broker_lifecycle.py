@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,26 +17,16 @@ from esper.streams.broker import LocalBroker
 from esper.streams.consumer import LeylineConsumer, Record
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import SAFETY
-from tests.conftest import TEST_HOME, TEST_PORT
+from tests.conftest import TEST_HOME, own_broker
 
 pytestmark = pytest.mark.broker
 
 
 @pytest.fixture(scope="module")
-def restart_broker() -> LocalBroker:
-    """A broker of its own (own data and ports): restarting it cannot disturb the shared test broker."""
-    broker = LocalBroker(
-        load_settings(
-            home=TEST_HOME, broker_port=TEST_PORT + 100, controller_port=TEST_PORT + 101, bootstrap_servers=None
-        ).cluster(),
-        name="restart-broker",
-    )
-    try:
-        broker.up(timeout_s=180)
-    except Exception as e:
-        pytest.fail(f"the Kafka broker could not start: {e}", pytrace=False)
-    yield broker
-    broker.down()
+def restart_broker() -> Iterator[LocalBroker]:
+    """A broker of its own: restarting it cannot disturb the shared test broker."""
+    with own_broker("restart-broker", 100) as broker:
+        yield broker
 
 
 def test_acknowledged_records_survive_a_broker_restart(restart_broker: LocalBroker, run_id: str) -> None:
