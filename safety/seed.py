@@ -5,8 +5,10 @@ applies it. A slot is static: its seed module is present from the start and ever
 train, blend, pause, cull) is a write into one control buffer, so a host under torch.compile never recompiles.
 
 Forward, with x the host's activation at the slot and s = seed(copy of x):
-  TRAINING   output x exactly; the seed learns a local reconstruction loss on a detached contiguous copy of x,
-             whose gradient is attached to the output's backward without touching the host's gradients;
+  TRAINING   output x exactly; the seed learns a local reconstruction loss (in float32) on a detached contiguous
+             copy of x, whose gradient is attached to the output's backward without touching the host's gradients;
+             it is weighted as the host's loss is (`grad_scaler`'s scale / `accumulation_steps`), so the seed learns
+             under AMP and gradient accumulation as in fp32;
   BLENDING.. output (1 - alpha) x + alpha s; gradients reach host and seed (alpha ramps over fixed_steps);
   paused     output x (the identity kernel), whatever the stage;
   otherwise  output x.
@@ -17,8 +19,10 @@ stage the seed sees a detached copy, so even NaN seed weights leave the host's o
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -167,17 +171,46 @@ def alpha_at(step: int, config: GraftingConfig) -> float:
     return a / (a + b)
 
 
+# Slots by handle, for the op below (a custom op is given tensors and numbers, not objects). A slot cannot be
+# copied or pickled (it holds locks), so a handle names one slot for the slot's lifetime.
+_SLOTS: weakref.WeakValueDictionary[int, SeedSlot] = weakref.WeakValueDictionary()
+_HANDLES = itertools.count()
+
+
+def _weight_now(like: torch.Tensor, slot: int) -> torch.Tensor:
+    """The gradient a slot's local loss gets in this backward: its host's loss factor now (float32, on like's
+    device)."""
+    found = _SLOTS[slot]
+    weight = torch.full((), 1 / found.accumulation_steps, dtype=torch.float32, device=like.device)
+    # GradScaler.scale multiplies by its scale tensor on the device (no host sync), and is the identity disabled
+    return weight if found.grad_scaler is None else found.grad_scaler.scale(weight)
+
+
+# The same as an opaque op, for compiled graphs: it runs at every backward, so the scale it reads is the
+# GradScaler's at that backward (update() changes it in place), never a value baked into a graph or guarded on.
+_local_loss_weight = torch.library.custom_op("esper::local_loss_weight", _weight_now, mutates_args=())
+
+
+@_local_loss_weight.register_fake
+def _(like: torch.Tensor, slot: int) -> torch.Tensor:
+    return like.new_empty((), dtype=torch.float32)
+
+
 class _AttachLoss(torch.autograd.Function):
-    """Returns y unchanged; in the backward it passes y's gradient through untouched and gives `loss` a gradient
-    of 1, so the seed's local loss trains it within the host's own backward pass."""
+    """Returns y unchanged; in the backward it passes y's gradient through untouched and gives `loss` the gradient
+    its slot's host loss gets (see `_local_loss_weight`), so the seed's local loss trains it within the host's own
+    backward pass, scaled and averaged as the host's loss is."""
 
     @staticmethod
-    def forward(ctx: Any, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, y: torch.Tensor, loss: torch.Tensor, slot: int) -> torch.Tensor:
+        ctx.slot = slot
         return y.clone()
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return grad, torch.ones((), dtype=grad.dtype, device=grad.device)
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        # Compiled, the op; eager, the function itself (the op's dispatch would cost each backward some 20 us).
+        weigh = _local_loss_weight if torch.compiler.is_compiling() else _weight_now
+        return grad, weigh(grad, ctx.slot), None
 
 
 # Indices into the control buffer.
@@ -185,10 +218,18 @@ _TRAIN, _BLEND, _ALPHA, _PAUSED = range(4)
 
 
 class SeedSlot(nn.Module):
-    """One growth point in a host model: holds a seed module and drives it through the lifecycle with tensors."""
+    """One growth point in a host model: holds a seed module and drives it through the lifecycle with tensors.
+
+    A training seed's local loss is weighted as the host's loss: tell the slot how the training loop scales it.
+    `grad_scaler`: the torch.amp.GradScaler whose `scaler.scale(loss).backward()` the loop runs (its scale is read at
+    each backward, on the device); `accumulation_steps`: k when the host's loss is divided by k and k micro-batches'
+    gradients are accumulated before a step. With both, the local loss is multiplied by scale / k in the backward,
+    and after `scaler.unscale_` the seed's gradient is its fp32 gradient of the whole batch. Either may be set at
+    any time (the next backward uses it) without recompiling a compiled host."""
 
     seed: nn.Module
     control: torch.Tensor
+    grad_scaler: torch.amp.GradScaler | None
 
     def __init__(
         self,
@@ -200,12 +241,18 @@ class SeedSlot(nn.Module):
         safety: ProductionSafetyConfig | None = None,
         sink: EventSink | None = None,
         clock: Clock = monotonic_ms,
+        grad_scaler: torch.amp.GradScaler | None = None,
+        accumulation_steps: int = 1,
     ) -> None:
         super().__init__()
         self.slot_id = slot_id
         self.instance_id = instance_id
         self.seed = seed
         self.config = config or GraftingConfig()
+        self.grad_scaler = grad_scaler
+        self.accumulation_steps = accumulation_steps
+        self._handle = next(_HANDLES)
+        _SLOTS[self._handle] = self
         self._sink: EventSink = sink or NullSink()
         # train flag, blend flag, alpha, paused: one buffer, one in-place write per change, no recompiles
         self.register_buffer("control", torch.zeros(4))
@@ -227,9 +274,21 @@ class SeedSlot(nn.Module):
         contributes = (ctl[_BLEND] > 0) & ~paused
         seed_in = torch.where(contributes, x, x.detach()).contiguous()
         s = self.seed(seed_in)
-        local_loss = torch.where(ctl[_TRAIN] > 0, (s - seed_in.detach()).pow(2).mean(), 0.0)
+        # In float32 under autocast too: its gradient is the loss scale (65536 overflows float16).
+        reconstruction = (s.float() - seed_in.detach().float()).pow(2).mean()
+        local_loss = torch.where(ctl[_TRAIN] > 0, reconstruction, 0.0)
         y = torch.where(contributes, torch.lerp(x, s, ctl[_ALPHA].to(s.dtype)), x)
-        return _AttachLoss.apply(y, local_loss)
+        return _AttachLoss.apply(y, local_loss, self._handle)
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self._accumulation_steps
+
+    @accumulation_steps.setter
+    def accumulation_steps(self, steps: int) -> None:
+        if steps < 1:
+            raise ValueError(f"accumulation_steps must be at least 1, got {steps}")
+        self._accumulation_steps = steps
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 

@@ -498,3 +498,110 @@ def test_graph_and_pause_state_agree_after_racing_listener_and_training_threads(
         for t in threads:
             t.join()
     assert disagreements == 0
+
+
+# -- a training seed under AMP (autocast fp16 + GradScaler) and gradient accumulation: it learns as in fp32 ------
+
+
+def training_host(**slot_kw: Any) -> tuple[Host, SeedSlot]:
+    """A host with a TRAINING slot, the same weights every time."""
+    slot = make_slot(**slot_kw)
+    torch.manual_seed(2)
+    host = Host(slot)
+    to_training(slot)
+    return host, slot
+
+
+def host_loss(host: Host, x: torch.Tensor, amp: bool) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.float16, enabled=amp):
+        return host(x).float().pow(2).mean()
+
+
+def batch() -> torch.Tensor:
+    torch.manual_seed(3)
+    return torch.randn(32, 8)
+
+
+def fp32_seed_grad() -> torch.Tensor:
+    host, slot = training_host()
+    host_loss(host, batch(), amp=False).backward()
+    assert slot.seed.weight.grad is not None
+    return slot.seed.weight.grad
+
+
+@pytest.mark.parametrize(("amp", "k"), [(True, 1), (False, 4), (True, 4)])
+def test_a_training_seeds_gradient_under_amp_and_accumulation_is_its_fp32_gradient(amp: bool, k: int) -> None:
+    # The host's loss is scaled by the GradScaler and divided by k, and unscale_ divides every gradient by the
+    # scale: the seed's local loss must be weighted the same, so that it ends with the fp32 gradient of the batch.
+    scaler = torch.amp.GradScaler("cpu", enabled=amp)
+    host, slot = training_host(grad_scaler=scaler, accumulation_steps=k)
+    optimizer = torch.optim.SGD(host.parameters(), lr=0.1)
+    for micro_batch in batch().chunk(k):
+        scaler.scale(host_loss(host, micro_batch, amp) / k).backward()
+    scaler.unscale_(optimizer)
+    # fp16 keeps 11 significant bits; the tolerance allows the rounding of two fp16 matmuls and the sums over k
+    want = fp32_seed_grad()
+    assert slot.seed.weight.grad is not None
+    torch.testing.assert_close(slot.seed.weight.grad, want, rtol=0, atol=5e-3 * want.abs().max().item())
+
+
+def test_a_training_seed_learns_under_amp_as_in_fp32() -> None:
+    x = batch()
+
+    def train(amp: bool) -> tuple[list[float], torch.amp.GradScaler]:
+        """The seed's reconstruction loss on its input, before and after 20 steps."""
+        scaler = torch.amp.GradScaler("cpu", enabled=amp)
+        host, slot = training_host(grad_scaler=scaler)
+        optimizer = torch.optim.SGD(host.parameters(), lr=0.2)
+
+        def reconstruction() -> float:
+            with torch.no_grad():
+                h = torch.relu(host.a(x))
+                return float((slot.seed(h) - h).pow(2).mean())
+
+        before = reconstruction()
+        for _ in range(20):
+            optimizer.zero_grad()
+            scaler.scale(host_loss(host, x, amp)).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            slot.advance()
+        return [before, reconstruction()], scaler
+
+    (untrained, fp32), _ = train(amp=False)
+    (_, amp), scaler = train(amp=True)
+    assert scaler.get_scale() == 2.0**16  # no step was skipped for an overflow: both runs took the same 20 steps
+    assert fp32 < 0.5 * untrained  # the seed learned
+    assert amp == pytest.approx(fp32, rel=1e-3)
+
+
+def test_the_local_loss_weight_follows_scale_and_accumulation_changes_without_recompiling() -> None:
+    torch._dynamo.reset()
+    host, slot = training_host()
+    compiled = torch.compile(host, backend="aot_eager")
+    x = batch()
+    scaler = torch.amp.GradScaler("cpu")
+
+    def seed_grad(model: nn.Module) -> torch.Tensor:
+        host.zero_grad()
+        scaler.scale(model(x).pow(2).mean() / slot.accumulation_steps).backward()
+        assert slot.seed.weight.grad is not None
+        return slot.seed.weight.grad.clone()
+
+    unscaled = seed_grad(compiled)  # the first compiled step: no scaler yet, the local loss weighs 1
+    graphs = counters["stats"]["unique_graphs"]
+    slot.grad_scaler = scaler  # told after the first compiled step
+    for scale, k in [(2.0**16, 1), (2.0**10, 1), (2.0**10, 4), (8.0, 2)]:
+        scaler.update(scale)
+        slot.accumulation_steps = k
+        torch.testing.assert_close(seed_grad(compiled), unscaled * scale / k)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_accumulation_steps_must_be_a_positive_count() -> None:
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        make_slot(accumulation_steps=0)
+    slot = make_slot()
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        slot.accumulation_steps = -1
+    assert slot.accumulation_steps == 1
