@@ -6,16 +6,23 @@ writes) implement the same protocol, so the WAL code under test is the code that
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
-__all__ = ["FileSystem", "OsFs", "ReadBuffer"]
+__all__ = ["DIRECT", "DONTNEED", "FileSystem", "OsFs", "ReadBuffer"]
 
-# What recovery scans: bytes (simulator) or a read-only mmap (real files). Both slice, find and unpack.
+# What recovery scans: bytes (simulator) or an mmap (real files). Both slice, find and unpack.
 ReadBuffer = bytes | mmap.mmap
+
+# How `OsFs.read_past_cache` got past the page cache.
+DIRECT = "O_DIRECT"
+DONTNEED = "POSIX_FADV_DONTNEED"
+_ALIGN = 4096  # O_DIRECT wants buffer, offset and length aligned to the logical block size: a page covers them all
+_CHUNK = 16 << 20
 
 
 class FileSystem(Protocol):
@@ -36,7 +43,9 @@ class FileSystem(Protocol):
     def rename(self, src: str, dst: str) -> None: ...
     def unlink(self, path: str) -> None: ...
     def size(self, path: str) -> int: ...
-    def mapped(self, path: str) -> AbstractContextManager[ReadBuffer]: ...
+    def mapped(self, path: str) -> AbstractContextManager[ReadBuffer]: ...  # through the page cache
+    # What the disk holds, not the page cache (see OsFs), and how it was read.
+    def read_past_cache(self, path: str) -> AbstractContextManager[tuple[ReadBuffer, str]]: ...
 
 
 class OsFs:
@@ -102,3 +111,47 @@ class OsFs:
                 yield mm
             finally:
                 mm.close()
+
+    @contextmanager
+    def read_past_cache(self, path: str) -> Iterator[tuple[ReadBuffer, str]]:
+        """The file as the disk holds it: after a failed writeback Linux marks the pages clean and keeps them, so a
+        read through the cache returns bytes the disk never got (fsyncgate).
+
+        O_DIRECT where the filesystem takes it (a direct read writes dirty pages back first, then reads the device).
+        Elsewhere (EINVAL: some FUSE filesystems, older tmpfs) POSIX_FADV_DONTNEED first drops the clean pages, those
+        a failed writeback left among them, and the reads fetch them again from the disk; dirty pages stay, still to
+        be written, and a sync after this read reports their failure. On tmpfs the cache is the file: there is no
+        disk to differ from it.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+            how = DIRECT
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            how = DONTNEED
+        try:
+            if how == DONTNEED:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            size = os.fstat(fd).st_size
+            if size == 0:
+                yield b"", how
+                return
+            buf = mmap.mmap(-1, -(-size // _ALIGN) * _ALIGN)  # anonymous, so page-aligned
+            try:
+                done = 0
+                with memoryview(buf) as mv:
+                    while done < size:
+                        n = os.preadv(fd, [mv[done : done + _CHUNK]], done)  # aligned until the short read at EOF
+                        if n == 0:
+                            break
+                        done += n
+                if done != size:
+                    raise OSError(errno.EIO, f"read {done} of {size} bytes (the file changed size)", path)
+                buf.resize(size)
+                yield buf, how
+            finally:
+                buf.close()
+        finally:
+            os.close(fd)

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import crc32c
@@ -183,8 +184,9 @@ def recover(
     verify_payload_sha: bool = False,
     keep_payloads: bool = False,
 ) -> RecoveryReport:
-    """Scan every retained segment, oldest first; with `repair`, delete stray tmp files and the segments the manifest
-    retired, cut a torn tail, sync what it accepted.
+    """Scan every retained segment, oldest first (the last one as the disk holds it, past the page cache); with
+    `repair`, delete stray tmp files and the segments the manifest retired, cut the last segment where what it
+    accepted ends, sync what it accepted.
 
     Never raises on bad bytes: corruption is reported (scanning stops there) and the caller decides.
     Running it again after it (or a crash during it) yields the same records.
@@ -209,17 +211,25 @@ def recover(
         segs, report.retired, missing = retained_segments(segs, manifest)
         if missing is not None:
             report.findings.append(missing)
-    accepted: list[tuple[str, int, int | None]] = []  # (segment, size, torn-tail cut)
+    accepted: list[tuple[str, int, int]] = []  # (segment, size, end of what was accepted)
     state: ScanState | None = None
     for i, (sid, name) in enumerate(segs):
         full = os.path.join(path, name)
-        with fs.mapped(full) as buf:
+        is_last = i == len(segs) - 1
+        with ExitStack() as stack:
+            if is_last:
+                # A batch whose fdatasync failed stays readable in the page cache, marked clean, but is not on the disk
+                # (fsyncgate), and no later process can learn that the sync failed: read the disk. Only the last
+                # segment can hold such bytes (see the sync below), and every open reads it so.
+                buf, report.tail_read = stack.enter_context(fs.read_past_cache(full))
+            else:
+                buf = stack.enter_context(fs.mapped(full))
             scan = scan_segment(
                 buf,
                 name,
                 sid,
                 state,
-                is_last=i == len(segs) - 1,
+                is_last=is_last,
                 manifest=report.manifest if i == 0 else None,
                 verify_payload_sha=verify_payload_sha,
                 keep_payloads=keep_payloads,
@@ -237,20 +247,23 @@ def recover(
         state = scan.state
         if scan.finding.kind == "corruption":
             break
-        accepted.append((name, size, scan.finding.truncate_to))
+        accepted.append((name, size, scan.end))  # a torn tail's end is its cut
     if repair and report.corruption is None:
         for name in report.retired:  # finish a retirement cut short: the manifest already moved past them
             fs.unlink(os.path.join(path, name))
-        # What was read may be only in the page cache (a killed writer's unsynced batch, a cut whose fsync failed):
-        # make it durable before a writer chains a new segment to it, or a power cut leaves a gap behind acked records.
+        # What was read may not be durable yet (a killed writer's unsynced batch, a cut whose fsync failed): make it
+        # so before a writer chains a new segment to it, or a power cut leaves a gap behind acked records. Past the
+        # end of what was accepted lie a torn tail, preallocated zeros, or a batch only the page cache holds (its
+        # sync failed): cut it all, which drops those pages too (no writer appends to an old segment: the zeros are
+        # of no use), or once a new segment follows, a read of this one through the cache would accept them.
         # Only the last segment can hold such bytes: the writer syncs every batch before it rolls (a failed sync or
-        # write is fatal: nothing rolls after it), Wal.open rolls only after this sync of the then-last segment, and
-        # only the last one is ever cut. A head-only tail that Wal.open replaces is skipped unless it needs a cut: its
-        # head was fsynced before its name existed, and a new head is renamed over it.
+        # write is fatal: nothing rolls after it), Wal.open rolls only after this cut and sync of the then-last
+        # segment, and only the last one is ever cut. A head-only tail that Wal.open replaces is skipped unless it
+        # is torn: its head was fsynced before its name existed, and a new head is renamed over it (its cache too).
         if accepted:
-            name, size, cut = accepted[-1]
-            if cut is not None and size <= cut:
-                cut = None  # nothing past it to cut: a plain sync below
+            name, size, end = accepted[-1]
+            torn = report.torn_tail is not None
+            cut = end if end < size and (torn or report.reusable_tail is None) else None
             if cut is not None or report.reusable_tail is None:
                 fd = fs.open_rw(os.path.join(path, name))
                 try:

@@ -135,6 +135,7 @@ class RecoveryReport:
     reusable_tail: ScanState | None = None  # the state before the last segment when it holds only its head
     state: ScanState | None = None
     last_segment_id: int = -1
+    tail_read: str | None = None  # how the last segment was read past the page cache (O_DIRECT, ...)
     bytes_scanned: int = 0
     duration_s: float = 0.0
 
@@ -176,6 +177,7 @@ class RecoveryReport:
             "deleted_tmp": self.deleted_tmp,
             "manifest": _manifest_json(self.manifest),
             "retired": self.retired,
+            "tail_read": self.tail_read,
             "bytes_scanned": self.bytes_scanned,
             "duration_s": round(self.duration_s, 6),
         }

@@ -1,4 +1,9 @@
-"""C7 / C8: EIO from a sync, ENOSPC or a short write, at every call index: no ack, no retry, recovery keeps acks."""
+"""C7 / C8: EIO from a sync, ENOSPC or a short write, at every call index: no ack, no retry, recovery keeps acks.
+
+After each fault the service also restarts twice on the same page cache, appending and acknowledging each time, then
+loses power: after a failed sync that cache holds writes the disk never got (fsyncgate), which recovery must not
+build on, nor leave in the cache for a later open.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from wal_crash_harness import CTX, LONG, PLAN, WAL_DIR, Ack, Result, acked_at, c
 from esper.compiler.exceptions import WalFatalError, WalIOError
 from esper.compiler.wal import Entry, RecordType, Wal, WalConfig
 from esper.compiler.wal_cli import stress_payload
-from esper.compiler.wal_simfs import FaultFs, FaultKind
+from esper.compiler.wal_simfs import FaultFs, FaultKind, SimFs
 
 MUTATING = {"pwrite", "fallocate", "fdatasync", "fsync", "fsync_dir", "rename", "ftruncate", "create", "unlink"}
 
@@ -83,8 +88,27 @@ def _scenario(kind: FaultKind, name: str) -> Result:
         for img in images:
             report, _ = recover_image(img)
             check(report, acked, known, res)
+        _restart_then_power_loss(fs, acked, known, res, rng, k)
         k += 1
     return res
+
+
+def _restart_then_power_loss(
+    fs: FaultFs, acked: dict[int, bytes], known: set[bytes], res: Result, rng: random.Random, k: int
+) -> None:
+    """The failed process is gone, its page cache is not: a new one opens, appends a batch and is killed, then another
+    (the failed one's segment is no longer the last); then power is cut."""
+    after: SimFs = fs
+    for restart in range(2):
+        after = after.process_crash()
+        wal = Wal.open(WAL_DIR, CTX, config=WalConfig(segment_size=8192, checkpoint_every=5), fs=after)
+        ps = [stress_payload(8, k * 10 + restart * 2 + j, 300) for j in range(2)]
+        known.update(ps)
+        lsns = wal.append_batch([Entry(RecordType.DATA, bytes(16), p) for p in ps])
+        acked = {**acked, **dict(zip(lsns, ps, strict=True))}
+    for img in [after.durable_image(), *after.crash_images(rng, samples=4 if not LONG else 16)]:
+        report, _ = recover_image(img)
+        check(report, acked, known, res)
 
 
 def test_c7_c8_every_call_index_fails_cleanly() -> None:
