@@ -10,7 +10,7 @@ from pathlib import Path
 from common import Row, print_table, ratio_row
 
 from esper.settings import load_settings
-from esper.streams.broker import LocalBroker
+from esper.streams.local.broker import LocalBroker
 
 ROUNDS = 3
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from esper.settings import load_settings
 from esper.streams.admin import create_topics
-from esper.streams.broker import LocalBroker
+from esper.streams.local.broker import LocalBroker
 
 
 def bench_bootstrap() -> str:

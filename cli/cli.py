@@ -44,7 +44,7 @@ def _fail(message: str) -> typer.Exit:
 @broker_app.command("up")
 def broker_up(timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 120.0) -> None:
     """Provision Kafka from Maven (once), format storage (once), start the broker and wait until it answers."""
-    from esper.streams.broker import LocalBroker
+    from esper.streams.local.broker import LocalBroker
 
     settings = load_settings()
     if settings.bootstrap_servers:
@@ -62,7 +62,7 @@ def broker_up(timeout: Annotated[float, typer.Option(help="Seconds to wait for r
 @broker_app.command("down")
 def broker_down() -> None:
     """Stop the local broker with a controlled shutdown; its data stays for the next `up`."""
-    from esper.streams.broker import LocalBroker
+    from esper.streams.local.broker import LocalBroker
 
     stopped = LocalBroker(load_settings().cluster()).down()
     out.print("broker stopped" if stopped else "no local broker was running")
@@ -71,7 +71,7 @@ def broker_down() -> None:
 @broker_app.command("status")
 def broker_status() -> None:
     """Show whether the local broker runs and answers (exit 1 when it does not)."""
-    from esper.streams.broker import LocalBroker
+    from esper.streams.local.broker import LocalBroker
 
     settings = load_settings()
     if settings.bootstrap_servers:
@@ -104,7 +104,7 @@ def broker_logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
 ) -> None:
     """Print the end of the broker's log."""
-    from esper.streams.broker import LocalBroker
+    from esper.streams.local.broker import LocalBroker
 
     broker = LocalBroker(load_settings().cluster())
     if not follow:
@@ -116,7 +116,7 @@ def broker_logs(
 @broker_app.command("tools")
 def broker_tools() -> None:
     """List the console-tool wrappers (kafka-console-producer, kafka-topics, ...) and where they are."""
-    from esper.streams.kafka_dist import CONSOLE_TOOLS, KafkaDistribution
+    from esper.streams.local.kafka_dist import CONSOLE_TOOLS, KafkaDistribution
 
     settings = load_settings()
     dist = KafkaDistribution.in_home(settings.home, settings.kafka_version)
@@ -131,7 +131,7 @@ def kafka_tool(
     tool: Annotated[str, typer.Argument(help="kafka-topics, kafka-console-producer, kafka-consumer-groups, ...")],
 ) -> None:
     """Run a Kafka console tool from the same classpath as the broker: `esper kafka kafka-topics --list ...`."""
-    from esper.streams.kafka_dist import KafkaDistribution
+    from esper.streams.local.kafka_dist import KafkaDistribution
 
     settings = load_settings()
     try:
@@ -148,7 +148,7 @@ def kafka_tool(
 def topics_create() -> None:
     """Create every registered topic that does not exist yet (idempotent)."""
     from esper.streams.admin import create_topics
-    from esper.streams.cluster import bootstrap_servers
+    from esper.streams.local.cluster import bootstrap_servers
 
     outcome = create_topics(bootstrap_servers(load_settings().cluster()))
     for name, what in outcome.items():
@@ -185,7 +185,7 @@ def tail(
     ] = 0.0,
 ) -> None:
     """Print the records of a topic as JSON lines, decoded (undecodable ones show their error)."""
-    from esper.streams.cluster import bootstrap_servers
+    from esper.streams.local.cluster import bootstrap_servers
     from esper.streams.tail import tail_records
 
     for line in tail_records(
@@ -210,9 +210,9 @@ def produce(
 ) -> None:
     """Send one message, wait for the acknowledgement, print where it landed."""
     from esper.streams.admin import ensure_topic
-    from esper.streams.cluster import bootstrap_servers
     from esper.streams.envelope import JSON, MESSAGE_TYPES, PROTOBUF, message_from_json
     from esper.streams.exceptions import DecodeError
+    from esper.streams.local.cluster import bootstrap_servers
     from esper.streams.producer import LeylineProducer
     from esper.streams.topics import topic_spec
 
@@ -260,7 +260,7 @@ def demo(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from esper.safety.demo import run_demo
-    from esper.streams.cluster import bootstrap_servers
+    from esper.streams.local.cluster import bootstrap_servers
 
     bootstrap = bootstrap_servers(load_settings().cluster())
     out.print(
@@ -297,7 +297,7 @@ def demo(
 def run(steps: Annotated[int, typer.Option(help="Steps of the demo training run (0: none).")] = 300) -> None:
     """The main job: the broker (unless a cluster is configured), the topics, then a demo training run."""
     from esper.streams.admin import create_topics
-    from esper.streams.cluster import bootstrap_servers
+    from esper.streams.local.cluster import bootstrap_servers
 
     broker_up()  # says so, and starts nothing, when a cluster is configured
     bootstrap = bootstrap_servers(load_settings().cluster())

@@ -13,7 +13,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from esper.streams.cluster import ClusterConfig
+from esper.streams.local.cluster import ClusterConfig
 
 CONFIG_FILE_ENV = "ESPER_CONFIG"
 

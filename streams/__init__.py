@@ -1,2 +1,2 @@
 """Kafka plumbing: the only package that talks to confluent-kafka (topics, envelope codec, producer, consumer,
-dead letters, admin) and the local broker manager."""
+dead letters and redaction, admin). The local broker manager, developer tooling, lives apart in `local/`."""

@@ -21,8 +21,8 @@ import pytest
 
 from esper.settings import EsperSettings, load_settings
 from esper.streams.admin import create_topics, ensure_reachable
-from esper.streams.broker import LocalBroker
 from esper.streams.exceptions import ClusterUnavailableError
+from esper.streams.local.broker import LocalBroker
 from esper.streams.topics import ALL_TOPICS
 
 REPO = Path(__file__).resolve().parents[1]

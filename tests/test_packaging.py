@@ -9,7 +9,15 @@ import venv
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ["esper", "esper.proto", "esper.streams", "esper.projections", "esper.compiler", "esper.safety"]
+SUBPACKAGES = [
+    "esper",
+    "esper.proto",
+    "esper.streams",
+    "esper.streams.local",
+    "esper.projections",
+    "esper.compiler",
+    "esper.safety",
+]
 GENERIC = {"cli", "proto", "streams", "projections", "compiler", "safety", "tests", "bench"}
 
 

@@ -19,9 +19,9 @@ from typing import Any
 import psutil
 from confluent_kafka.admin import AdminClient
 
-from esper.streams.cluster import ClusterConfig
 from esper.streams.exceptions import BrokerStartError
-from esper.streams.kafka_dist import KafkaDistribution
+from esper.streams.local.cluster import ClusterConfig
+from esper.streams.local.kafka_dist import KafkaDistribution
 
 _SERVER_LOG4J = """status = warn
 appender.file.type = RollingFile
@@ -274,7 +274,7 @@ class LocalBroker:
 
 def _silent_logger() -> logging.Logger:
     """librdkafka logs connection refusals while the broker starts; a null logger keeps the console clean."""
-    logger = logging.getLogger("esper.streams.broker.probe")
+    logger = logging.getLogger("esper.streams.local.broker.probe")
     logger.addHandler(logging.NullHandler())
     logger.propagate = False
     return logger

@@ -13,8 +13,8 @@ import pytest
 from esper.proto import leyline_pb2 as pb
 from esper.settings import load_settings
 from esper.streams.admin import create_topics
-from esper.streams.broker import LocalBroker
 from esper.streams.consumer import LeylineConsumer, Record
+from esper.streams.local.broker import LocalBroker
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import SAFETY
 from tests.conftest import TEST_HOME, own_broker

@@ -20,7 +20,7 @@ from esper.safety.config import GraftingConfig, ProductionSafetyConfig
 from esper.safety.seed import SeedSlot, SeedStage
 from esper.settings import load_settings
 from esper.streams.consumer import LeylineConsumer, Record
-from esper.streams.kafka_dist import KafkaDistribution
+from esper.streams.local.kafka_dist import KafkaDistribution
 from esper.streams.topics import CONTROL_PAUSE, SAFETY, TELEMETRY
 
 pytestmark = pytest.mark.broker

@@ -28,9 +28,9 @@ from esper.safety.config import ProductionSafetyConfig
 from esper.safety.events import Listeners, MemorySink, safety_event
 from esper.safety.exceptions import CallNotPermittedError
 from esper.safety.seed import SeedSlot
-from esper.streams.broker import LocalBroker
 from esper.streams.consumer import LeylineConsumer, Record
 from esper.streams.exceptions import ProducerFatalError
+from esper.streams.local.broker import LocalBroker
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import CONTROL_PAUSE, SAFETY
 from tests.conftest import own_broker

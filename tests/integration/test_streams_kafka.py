@@ -20,7 +20,7 @@ from esper.streams.consumer import LeylineConsumer, Record
 from esper.streams.deadletter import DeadLetterPublisher
 from esper.streams.envelope import JSON, PROTOBUF, Envelope
 from esper.streams.exceptions import DeadLetterUnavailableError
-from esper.streams.kafka_dist import KafkaDistribution
+from esper.streams.local.kafka_dist import KafkaDistribution
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import ALL_TOPICS, CONTROL_PAUSE, DEADLETTER, TELEMETRY, TopicSpec
 from tests.contract_samples import every_sample, topic_of

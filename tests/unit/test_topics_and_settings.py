@@ -9,8 +9,8 @@ import pytest
 
 import esper.streams
 from esper.settings import load_settings
-from esper.streams.broker import LocalBroker, new_cluster_id, server_properties
-from esper.streams.cluster import ClusterConfig, bootstrap_servers
+from esper.streams.local.broker import LocalBroker, new_cluster_id, server_properties
+from esper.streams.local.cluster import ClusterConfig, bootstrap_servers
 from esper.streams.topics import ALL_TOPICS
 
 DESIGN_TOPICS = {
@@ -59,14 +59,21 @@ def test_streams_takes_its_configuration_explicitly(tmp_path: Path) -> None:
     config = ClusterConfig(None, tmp_path, "4.2.0", broker_port=19999, controller_port=19998, broker_heap="256m")
     assert bootstrap_servers(config) == LocalBroker(config).bootstrap_servers == "127.0.0.1:19999"
     assert bootstrap_servers(ClusterConfig("far:9092", tmp_path, "4.2.0", 1, 2, "1g")) == "far:9092"
-    # no module of streams/ reads the CLI's settings
+    # no module of streams/ reads the CLI's settings, and the client plumbing does not depend on the local broker
+    # manager (developer tooling in streams/local/)
     package = Path(esper.streams.__file__).resolve().parent
-    for module in package.glob("*.py"):
+    for module in package.rglob("*.py"):
+        plumbing = module.parent == package
         for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.ImportFrom):
-                assert node.module != "esper.settings", module.name
+                names = {node.module or ""}
             elif isinstance(node, ast.Import):
-                assert "esper.settings" not in {a.name for a in node.names}, module.name
+                names = {a.name for a in node.names}
+            else:
+                continue
+            assert "esper.settings" not in names, module.name
+            if plumbing:
+                assert not any(n.startswith("esper.streams.local") for n in names), module.name
 
 
 def test_the_cli_settings_build_the_cluster_config(monkeypatch: pytest.MonkeyPatch) -> None:
