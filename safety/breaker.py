@@ -25,7 +25,7 @@ from typing import Any, ParamSpec, TypeVar
 from esper.proto import leyline_pb2 as pb
 from esper.safety.clock import Clock, monotonic_ms
 from esper.safety.config import ProductionSafetyConfig
-from esper.safety.events import EventSink, NullSink, notify, safety_event
+from esper.safety.events import EventSink, NullSink, Reporter, notify
 from esper.safety.exceptions import CallNotPermittedError, ConfigError, UnknownBreakerError
 
 __all__ = [
@@ -483,8 +483,7 @@ class CircuitBreaker:
         self.config = config or CircuitBreakerConfig()
         self._core = BreakerCore(self.config)
         self._clock = clock
-        self._sink: EventSink = sink or NullSink()
-        self._source_id = source_id
+        self._report = Reporter(sink, source_id)
         self._lock = threading.Lock()
         self._listeners: list[TransitionListener] = []
         self.listener_errors = 0  # listeners that raised (logged; the protected call never sees them)
@@ -594,7 +593,7 @@ class CircuitBreaker:
             detail = pb.BreakerFailure(
                 stats=stats, error_type=type(error).__name__, error=text[:500], duration_ms=duration_ms
             )
-            self._emit(pb.TELEMETRY_ERROR, f"circuit breaker {self.name} recorded failure: {text}", detail)
+            self._report(pb.TELEMETRY_ERROR, f"circuit breaker {self.name} recorded failure: {text}", detail)
         if transition is not None:
             self._publish_transition(transition)
 
@@ -669,13 +668,8 @@ class CircuitBreaker:
         )
         severity = pb.TELEMETRY_WARN if t.to_state is not CircuitState.CLOSED else pb.TELEMETRY_INFO
         message = f"circuit breaker {self.name}: {t.from_state.name} -> {t.to_state.name} ({t.reason})"
-        self._emit(severity, message, detail)
+        self._report(severity, message, detail)
         self.listener_errors += notify(self._listeners, self, t)
-
-    def _emit(
-        self, severity: pb.TelemetryLevel, message: str, detail: pb.BreakerFailure | pb.BreakerTransition
-    ) -> None:
-        self._sink.emit(safety_event(severity, message, detail, source_id=self._source_id))
 
 
 def breaker_check(breaker: CircuitBreaker, failure: Exception | None, passed: bool = True) -> bool:

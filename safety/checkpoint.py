@@ -21,7 +21,7 @@ from torch._dynamo.utils import counters, get_compilation_metrics
 from esper.proto import leyline_pb2 as pb
 from esper.safety.breaker import BreakerRegistry, CircuitBreaker, breaker_check
 from esper.safety.config import ProductionSafetyConfig
-from esper.safety.events import EventSink, NullSink, safety_event
+from esper.safety.events import EventSink, Reporter
 from esper.safety.exceptions import (
     CheckpointOverheadError,
     RecompilationLimitError,
@@ -131,8 +131,7 @@ class CheckpointSafetyManager:
         self.config = config or ProductionSafetyConfig()
         self.checkpoint_breaker: CircuitBreaker = breakers.get_or_create("checkpoint_recompilation")
         self.teacher_memory_breaker: CircuitBreaker = breakers.get_or_create("teacher_memory_overflow")
-        self._sink: EventSink = sink or NullSink()
-        self._source_id = source_id
+        self._report = Reporter(sink, source_id)
         self._teacher = teacher  # where teacher memory is read (see memory_device)
         self._lock = threading.Lock()
         self.recompilation_count = 0
@@ -156,7 +155,7 @@ class CheckpointSafetyManager:
             recompilation_count=count, max_allowed=self.max_recompilations, reason=reason, fell_back_to_eager=over
         )
         severity = pb.TELEMETRY_ERROR if over else pb.TELEMETRY_WARN
-        self._emit(severity, f"recompilation #{count} (max {self.max_recompilations}): {reason}", detail)
+        self._report(severity, f"recompilation #{count} (max {self.max_recompilations}): {reason}", detail)
         if not over:
             return breaker_check(self.checkpoint_breaker, None)
         limit = f"{count} recompilations > max_recompilations {self.max_recompilations}"
@@ -180,7 +179,7 @@ class CheckpointSafetyManager:
             critical=critical,
         )
         severity = pb.TELEMETRY_ERROR if critical else pb.TELEMETRY_WARN
-        self._emit(severity, f"checkpoint overhead {ratio:.1%} exceeds {acceptable:.0%}", detail)
+        self._report(severity, f"checkpoint overhead {ratio:.1%} exceeds {acceptable:.0%}", detail)
         failure = CheckpointOverheadError(f"critical checkpoint overhead: {ratio:.1%}")
         return breaker_check(self.checkpoint_breaker, failure if critical else None, passed=False)
 
@@ -201,7 +200,7 @@ class CheckpointSafetyManager:
                 source=reading.source,
             )
             severity = pb.TELEMETRY_ERROR if exceeded else pb.TELEMETRY_WARN
-            self._emit(severity, f"teacher memory {reading.gb:.2f}/{limit:.2f} GB ({reading.source})", detail)
+            self._report(severity, f"teacher memory {reading.gb:.2f}/{limit:.2f} GB ({reading.source})", detail)
         failure = TeacherMemoryExceededError(f"teacher memory {reading.gb:.2f} GB > {limit:.2f} GB")
         return breaker_check(self.teacher_memory_breaker, failure if exceeded else None)
 
@@ -220,7 +219,7 @@ class CheckpointSafetyManager:
             recoverable=recoverable,
         )
         action = "checkpointing disabled (fallback)" if recoverable else "not recoverable"
-        self._emit(pb.TELEMETRY_ERROR, f"checkpoint failure {type(error).__name__}: {action}", detail)
+        self._report(pb.TELEMETRY_ERROR, f"checkpoint failure {type(error).__name__}: {action}", detail)
         return recoverable
 
     def get_checkpoint_safety_stats(self) -> dict[str, Any]:
@@ -234,14 +233,6 @@ class CheckpointSafetyManager:
             "checkpoint_breaker_state": self.checkpoint_breaker.state.name,
             "teacher_memory_breaker_state": self.teacher_memory_breaker.state.name,
         }
-
-    def _emit(
-        self,
-        severity: pb.TelemetryLevel,
-        message: str,
-        detail: pb.CheckpointRecompilation | pb.CheckpointOverhead | pb.TeacherMemory | pb.CheckpointFallback,
-    ) -> None:
-        self._sink.emit(safety_event(severity, message, detail, source_id=self._source_id))
 
 
 class GuardedCompiledModule(nn.Module):

@@ -7,7 +7,6 @@ the result to an `EventSink`, whose `emit` must never block (the Kasmina client 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -21,8 +20,8 @@ __all__ = [
     "SUBSYSTEM",
     "EventSink",
     "Listeners",
-    "MemorySink",
     "NullSink",
+    "Reporter",
     "detail_kind",
     "metric_point",
     "notify",
@@ -137,28 +136,18 @@ class NullSink:
         del event
 
 
-class MemorySink:
-    """Keeps every event in memory (thread-safe): for tests and in-process inspection."""
+class Reporter:
+    """How a component reports: each event built by `safety_event`, stamped with the component's source id, handed
+    to its sink (one piece instead of a private `_emit` in every component)."""
 
-    def __init__(self) -> None:
-        self._events: list[pb.SafetyEvent] = []
-        self._lock = threading.Lock()
+    __slots__ = ("sink", "source_id")
 
-    def emit(self, event: pb.SafetyEvent) -> None:
-        with self._lock:
-            self._events.append(event)
+    def __init__(self, sink: EventSink | None = None, source_id: str = "") -> None:
+        self.sink: EventSink = sink or NullSink()
+        self.source_id = source_id
 
-    @property
-    def events(self) -> list[pb.SafetyEvent]:
-        with self._lock:
-            return list(self._events)
-
-    def of_kind(self, kind: str) -> list[pb.SafetyEvent]:
-        return [e for e in self.events if detail_kind(e) == kind]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._events.clear()
+    def __call__(self, severity: pb.TelemetryLevel, message: str, detail: Message | None = None) -> None:
+        self.sink.emit(safety_event(severity, message, detail, source_id=self.source_id))
 
 
 class Listeners:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from esper.proto import leyline_pb2 as pb
 from esper.safety.clock import Clock, monotonic_ms
 from esper.safety.config import ProductionSafetyConfig
-from esper.safety.events import EventSink, NullSink, safety_event
+from esper.safety.events import EventSink, Reporter
 from esper.safety.exceptions import InvalidPauseError, NotPausedError, PauseRefusedError
 
 __all__ = [
@@ -115,7 +115,7 @@ class PauseController:
         self.slot_id = slot_id
         self.config = config or ProductionSafetyConfig()
         self._clock = clock
-        self._sink: EventSink = sink or NullSink()
+        self._report = Reporter(sink, instance_id)
         self._on_change = on_change
         self._state: Paused | None = None
         self._lock = threading.Lock()
@@ -170,7 +170,7 @@ class PauseController:
                 max_duration_ms=int(allowed),
                 command_id=command_id,
             )
-            self._emit(pb.TELEMETRY_INFO, f"pause entered on {self._where()}: {reason}", detail)
+            self._report(pb.TELEMETRY_INFO, f"pause entered on {self._where()}: {reason}", detail)
         return entered
 
     def exit_pause(self, cause: str = "command", command_id: str = "") -> bool:
@@ -198,7 +198,7 @@ class PauseController:
             cause=cause,
             command_id=command_id,
         )
-        self._emit(pb.TELEMETRY_INFO, f"pause exited on {self._where()} after {duration:.0f} ms ({cause})", detail)
+        self._report(pb.TELEMETRY_INFO, f"pause exited on {self._where()} after {duration:.0f} ms ({cause})", detail)
         return True
 
     def _change(self, state: Paused | None) -> None:
@@ -236,9 +236,6 @@ class PauseController:
 
     def _where(self) -> str:
         return f"{self.instance_id}/{self.slot_id}" if self.slot_id else self.instance_id
-
-    def _emit(self, severity: pb.TelemetryLevel, message: str, detail: pb.PauseEntered | pb.PauseExited) -> None:
-        self._sink.emit(safety_event(severity, message, detail, source_id=self.instance_id))
 
 
 @dataclass(frozen=True)
@@ -302,8 +299,7 @@ class PauseQuota:
         self.max_quota = config.max_pause_quota
         self.interval_ms = config.pause_quota_reset_interval_ms
         self._clock = clock
-        self._sink: EventSink = sink or NullSink()
-        self._source_id = source_id
+        self._report = Reporter(sink, source_id)
         self._state = QuotaState(0, clock())
         self._lock = threading.Lock()
 
@@ -315,7 +311,7 @@ class PauseQuota:
             )
         if reset_from is not None:
             reset = pb.QuotaReset(previous_used=reset_from, max_quota=self.max_quota, interval_ms=self.interval_ms)
-            self._emit(pb.TELEMETRY_INFO, f"pause quota reset to {self.max_quota}", reset)
+            self._report(pb.TELEMETRY_INFO, f"pause quota reset to {self.max_quota}", reset)
         detail = pb.QuotaDecision(
             outcome=decision.outcome,  # type: ignore[arg-type]
             requested=requested,
@@ -326,12 +322,9 @@ class PauseQuota:
         )
         severity = pb.TELEMETRY_INFO if decision.full else pb.TELEMETRY_WARN
         label = pb.QuotaOutcome.Name(decision.outcome)
-        self._emit(severity, f"pause quota {label}: {decision.granted}/{requested} ms", detail)
+        self._report(severity, f"pause quota {label}: {decision.granted}/{requested} ms", detail)
         return decision
 
     @property
     def remaining(self) -> int:
         return self.max_quota - self._state.used
-
-    def _emit(self, severity: pb.TelemetryLevel, message: str, detail: pb.QuotaDecision | pb.QuotaReset) -> None:
-        self._sink.emit(safety_event(severity, message, detail, source_id=self._source_id))

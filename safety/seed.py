@@ -34,7 +34,7 @@ from esper.proto import leyline_pb2 as pb
 from esper.safety.breaker import CircuitBreaker, CircuitState, Transition
 from esper.safety.clock import Clock, monotonic_ms
 from esper.safety.config import GraftingConfig, ProductionSafetyConfig
-from esper.safety.events import EventSink, NullSink, safety_event
+from esper.safety.events import EventSink, Reporter
 from esper.safety.exceptions import IllegalTransitionError
 from esper.safety.pause import PauseController
 
@@ -253,14 +253,14 @@ class SeedSlot(nn.Module):
         self.accumulation_steps = accumulation_steps
         self._handle = next(_HANDLES)
         _SLOTS[self._handle] = self
-        self._sink: EventSink = sink or NullSink()
+        self._report = Reporter(sink, instance_id)
         # train flag, blend flag, alpha, paused: one buffer, one in-place write per change, no recompiles
         self.register_buffer("control", torch.zeros(4))
         self.stage = SeedStage.DORMANT
         self.steps_in_stage = 0
         self._lock = threading.RLock()
         self.pause = PauseController(
-            instance_id, slot_id, config=safety, clock=clock, sink=self._sink, on_change=self._write_paused
+            instance_id, slot_id, config=safety, clock=clock, sink=self._report.sink, on_change=self._write_paused
         )
 
     # -- forward (no Python state read here: everything comes from the control buffer) ---------------------
@@ -313,12 +313,14 @@ class SeedSlot(nn.Module):
             source = self.stage
             decision = decide(source, target, self.metrics(improvement, example), self.config)
             if not decision.allowed:
-                self._report(source, target, decision.gate, f"refused: {decision.reason}", pb.TELEMETRY_ERROR)
+                self._report_transition(
+                    source, target, decision.gate, f"refused: {decision.reason}", pb.TELEMETRY_ERROR
+                )
                 if decision.gate == "G4":
                     self.cull(decision.reason)
                 raise IllegalTransitionError(self.slot_id, source.name, target.name, decision.reason)
             self._enter(target)
-        self._report(source, target, decision.gate, decision.reason, pb.TELEMETRY_INFO)
+        self._report_transition(source, target, decision.gate, decision.reason, pb.TELEMETRY_INFO)
         return decision
 
     def germinate(self, state_dict: Mapping[str, Any] | None = None, example: torch.Tensor | None = None) -> None:
@@ -334,9 +336,9 @@ class SeedSlot(nn.Module):
             if source not in ACTIVE_STAGES:
                 return False
             self._enter(SeedStage.CULLED)
-            self._report(source, SeedStage.CULLED, "cull", reason, pb.TELEMETRY_WARN)
+            self._report_transition(source, SeedStage.CULLED, "cull", reason, pb.TELEMETRY_WARN)
             self._enter(SeedStage.EMBARGOED)
-        self._report(SeedStage.CULLED, SeedStage.EMBARGOED, "embargo", reason, pb.TELEMETRY_INFO)
+        self._report_transition(SeedStage.CULLED, SeedStage.EMBARGOED, "embargo", reason, pb.TELEMETRY_INFO)
         return True
 
     def reset(self) -> None:
@@ -383,7 +385,7 @@ class SeedSlot(nn.Module):
             self.control[_BLEND] = float(blending)
             self.control[_ALPHA] = alpha
 
-    def _report(
+    def _report_transition(
         self, source: SeedStage, target: SeedStage, gate: str, reason: str, severity: pb.TelemetryLevel
     ) -> None:
         detail = pb.SeedTransition(
@@ -395,7 +397,7 @@ class SeedSlot(nn.Module):
             reason=reason,
         )
         message = f"slot {self.slot_id}: {source.name} -> {target.name} ({reason})"
-        self._sink.emit(safety_event(severity, message, detail, source_id=self.instance_id))
+        self._report(severity, message, detail)
 
     # -- pause ---------------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import torch
 
 from esper.proto import leyline_pb2 as pb
 from esper.safety.config import ProductionSafetyConfig
-from esper.safety.events import EventSink, NullSink, metric_point, safety_event
+from esper.safety.events import EventSink, Reporter, metric_point
 
 if TYPE_CHECKING:
     from esper.safety.checkpoint import CheckpointSafetyManager
@@ -104,9 +104,8 @@ class HardwareAwareTimingValidator:
     ) -> None:
         self.hardware_profile = profile or detect_hardware_profile()
         self.config = config or ProductionSafetyConfig()
-        self._sink: EventSink = sink or NullSink()
+        self._report = Reporter(sink, source_id)
         self._checkpoint = checkpoint
-        self._source_id = source_id
 
     def get_hardware_profile(self) -> HardwareTimingProfile:
         return self.hardware_profile
@@ -114,7 +113,7 @@ class HardwareAwareTimingValidator:
     def report_hardware_profile(self) -> None:
         p = self.hardware_profile
         message = f"hardware timing profile: {p.gpu_architecture} / {p.cpu_architecture} (x{p.timing_multiplier})"
-        self._emit(pb.TELEMETRY_INFO, message, p.to_proto())
+        self._report(pb.TELEMETRY_INFO, message, p.to_proto())
 
     def validate_timing_constraint(self, actual_duration_ms: float, constraint_ms: float, operation_name: str) -> bool:
         adjusted = constraint_ms * self.hardware_profile.timing_multiplier
@@ -128,7 +127,7 @@ class HardwareAwareTimingValidator:
             timing_multiplier=self.hardware_profile.timing_multiplier,
         )
         message = f"timing violation: {operation_name} took {actual_duration_ms:.2f} ms > {adjusted:.2f} ms"
-        self._emit(pb.TELEMETRY_WARN, message, detail)
+        self._report(pb.TELEMETRY_WARN, message, detail)
         return self._verdict(False)
 
     def validate_checkpoint_timing(self, checkpoint_time_ms: float, base_time_ms: float) -> bool:
@@ -148,19 +147,11 @@ class HardwareAwareTimingValidator:
         if loading_time_ms <= timeout:
             return True
         detail = pb.TeacherLoadingTimeout(actual_ms=loading_time_ms, timeout_ms=timeout)
-        self._emit(pb.TELEMETRY_ERROR, f"teacher loading took {loading_time_ms:.0f} ms > {timeout} ms", detail)
+        self._report(pb.TELEMETRY_ERROR, f"teacher loading took {loading_time_ms:.0f} ms > {timeout} ms", detail)
         return self._verdict(False)
 
     def _verdict(self, passed: bool) -> bool:
         return passed or not self.config.timing_constraint_enforcement
-
-    def _emit(
-        self,
-        severity: pb.TelemetryLevel,
-        message: str,
-        detail: pb.HardwareProfile | pb.TimingViolation | pb.TeacherLoadingTimeout,
-    ) -> None:
-        self._sink.emit(safety_event(severity, message, detail, source_id=self._source_id))
 
 
 # The one registry of standardized duration metrics (metric names drifted between producers and alerts before).

@@ -25,7 +25,7 @@ from esper.proto import leyline_pb2 as pb
 from esper.safety.breaker import CircuitBreaker, CircuitBreakerConfig
 from esper.safety.client import KasminaClient
 from esper.safety.config import ProductionSafetyConfig
-from esper.safety.events import Listeners, MemorySink, safety_event
+from esper.safety.events import Listeners, safety_event
 from esper.safety.exceptions import CallNotPermittedError
 from esper.safety.seed import SeedSlot
 from esper.streams.consumer import LeylineConsumer, Record
@@ -34,6 +34,7 @@ from esper.streams.local.broker import LocalBroker
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import CONTROL_PAUSE, SAFETY
 from tests.conftest import own_broker
+from tests.sinks import MemorySink
 
 pytestmark = pytest.mark.broker
 

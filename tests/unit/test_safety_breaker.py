@@ -30,8 +30,8 @@ from esper.safety.breaker import (
 )
 from esper.safety.clock import ManualClock
 from esper.safety.config import ProductionSafetyConfig
-from esper.safety.events import MemorySink
 from esper.safety.exceptions import CallNotPermittedError, ConfigError, UnknownBreakerError
+from tests.sinks import MemorySink
 
 
 class Boom(RuntimeError):

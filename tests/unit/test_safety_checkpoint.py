@@ -21,8 +21,8 @@ from esper.safety.checkpoint import (
 )
 from esper.safety.clock import ManualClock
 from esper.safety.config import ProductionSafetyConfig
-from esper.safety.events import MemorySink
 from esper.safety.exceptions import RecompilationLimitError
+from tests.sinks import MemorySink
 
 
 def manager(sink: MemorySink, **cfg: object) -> CheckpointSafetyManager:

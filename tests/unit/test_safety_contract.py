@@ -14,7 +14,7 @@ from esper.safety.breaker import CircuitBreakerConfig
 from esper.safety.clock import ManualClock
 from esper.safety.config import GraftingConfig, ProductionSafetyConfig
 from esper.safety.contract import KasminaSafetyMechanisms, SafetyMechanismsContract
-from esper.safety.events import MemorySink, detail_kind
+from esper.safety.events import detail_kind
 from esper.safety.exceptions import (
     ConfigError,
     InvalidPauseError,
@@ -23,6 +23,7 @@ from esper.safety.exceptions import (
     UnknownBreakerError,
 )
 from esper.safety.timing import HardwareTimingProfile
+from tests.sinks import MemorySink
 
 # Section 5.1 of the spec, verbatim. Its methods have no bodies (not Python): the signature test below adds ": ..."
 # to each `def` line before parsing it, and changes nothing else.

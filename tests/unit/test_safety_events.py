@@ -7,13 +7,13 @@ import pytest
 from esper.proto import leyline_pb2 as pb
 from esper.safety.events import (
     Listeners,
-    MemorySink,
     detail_kind,
     metric_point,
     safety_event,
     telemetry_event,
     telemetry_packet,
 )
+from tests.sinks import MemorySink
 
 
 def test_safety_event_places_the_detail_in_the_oneof() -> None:

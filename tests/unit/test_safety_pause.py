@@ -10,7 +10,6 @@ import torch
 from esper.proto import leyline_pb2 as pb
 from esper.safety.clock import ManualClock
 from esper.safety.config import ProductionSafetyConfig
-from esper.safety.events import MemorySink
 from esper.safety.exceptions import InvalidPauseError, NotPausedError, PauseRefusedError
 from esper.safety.pause import (
     PauseController,
@@ -21,6 +20,7 @@ from esper.safety.pause import (
     pause_expired,
     quota_request,
 )
+from tests.sinks import MemorySink
 
 
 def test_pure_pause_transitions() -> None:

@@ -22,9 +22,9 @@ from esper.proto import leyline_pb2 as pb
 from esper.safety.breaker import CircuitBreaker, CircuitBreakerConfig
 from esper.safety.clock import ManualClock
 from esper.safety.config import GraftingConfig, ProductionSafetyConfig
-from esper.safety.events import MemorySink
 from esper.safety.exceptions import IllegalTransitionError
 from esper.safety.seed import SeedMetrics, SeedSlot, SeedStage, alpha_at, decide
+from tests.sinks import MemorySink
 
 S = SeedStage
 CFG = GraftingConfig(fixed_steps=4, stabilization_epochs=2, embargo_duration=3)

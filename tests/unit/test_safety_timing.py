@@ -9,13 +9,13 @@ from esper.proto import leyline_pb2 as pb
 from esper.safety.breaker import BreakerRegistry
 from esper.safety.checkpoint import CheckpointSafetyManager
 from esper.safety.config import ProductionSafetyConfig
-from esper.safety.events import MemorySink
 from esper.safety.timing import (
     HardwareAwareTimingValidator,
     StandardizedPerformanceMetrics,
     detect_hardware_profile,
     profile_for_gpu,
 )
+from tests.sinks import MemorySink
 
 
 @pytest.mark.parametrize(
