@@ -29,7 +29,7 @@ run: setup kafka
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy cli streams projections compiler safety proto/generate.py
+	$(VENV)/bin/mypy cli streams projections compiler safety proto/generate.py tests/wal_simfs.py tests/sinks.py
 
 test: setup kafka lint
 	$(PYTEST) -q

@@ -1,7 +1,8 @@
 """The small filesystem interface every WAL I/O goes through, and its real implementation.
 
-Tests stand in for the OS here: a power-loss simulator (`wal_simfs.SimFs`) and fault injectors (EIO, ENOSPC, short
-writes) implement the same protocol, so the WAL code under test is the code that runs in production.
+Tests stand in for the OS here: a power-loss simulator and fault injectors (EIO, ENOSPC, short writes; `SimFs` and
+`FaultFs` in tests/wal_simfs.py, kept out of the package) implement the same protocol, so the WAL code under test is
+the code that runs in production.
 """
 
 from __future__ import annotations

@@ -82,6 +82,10 @@ def test_wheel_installs_only_the_esper_namespace(tmp_path: Path) -> None:
     ).stdout
     assert "broker" in help_text and "topics" in help_text
     assert (site / "esper" / "proto" / "leyline.proto").exists()
+    # test doubles (the simulated filesystem, the remembering sink) stay with the tests
+    shipped = "\n".join(p.read_text() for p in (site / "esper").rglob("*.py"))
+    for double in ("class SimFs", "class FaultFs", "class MemorySink"):
+        assert double not in shipped, double
 
 
 def test_every_command_has_help() -> None:

@@ -12,7 +12,7 @@ from esper.compiler.wal import Entry, RecordType, Wal, WalConfig
 from esper.compiler.wal_cli import stress_payload
 from esper.compiler.wal_format import HEADER_SIZE, Manifest, padded, segment_name
 from esper.compiler.wal_scan import Finding, ScannedRecord
-from esper.compiler.wal_simfs import CrashImage, SimFs
+from tests.wal_simfs import CrashImage, SimFs
 
 DAMAGE = "C4/C5/C6: damaged bytes (recovery read-only on the damaged image)"
 

@@ -14,7 +14,7 @@ from wal_crash_harness import CTX, LONG, PLAN, WAL_DIR, Ack, Result, acked_at, c
 from esper.compiler.exceptions import WalFatalError, WalIOError
 from esper.compiler.wal import Entry, RecordType, Wal, WalConfig
 from esper.compiler.wal_cli import stress_payload
-from esper.compiler.wal_simfs import FaultFs, FaultKind, SimFs
+from tests.wal_simfs import FaultFs, FaultKind, SimFs
 
 MUTATING = {"pwrite", "fallocate", "fdatasync", "fsync", "fsync_dir", "rename", "ftruncate", "create", "unlink"}
 

@@ -27,7 +27,7 @@ from wal_crash_harness import (
 from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, recover, write_manifest
 from esper.compiler.wal_cli import stress_payload
 from esper.compiler.wal_format import Manifest, segment_name
-from esper.compiler.wal_simfs import CrashImage, SimCrash, SimFs
+from tests.wal_simfs import CrashImage, SimCrash, SimFs
 
 SAMPLES = 64 if LONG else 16
 REOPEN_EVERY = 1 if LONG else 5

@@ -14,7 +14,7 @@ from esper.compiler.fsio import FileSystem
 from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, read_manifest, recover
 from esper.compiler.wal_cli import stress_payload, stress_payload_ok
 from esper.compiler.wal_scan import RecoveryReport
-from esper.compiler.wal_simfs import CrashImage, SimFs
+from tests.wal_simfs import CrashImage, SimFs
 
 LONG = os.environ.get("ESPER_CRASH_LONG") == "1"
 CTX = {"compiler": "tezzeret-test", "torch": "2.8.0", "flags": "mode=max-autotune", "device": "cpu"}

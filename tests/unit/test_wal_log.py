@@ -33,7 +33,7 @@ from esper.compiler.wal_format import (
     merkle_root,
     padded,
 )
-from esper.compiler.wal_simfs import FaultFs, SimCrash, SimFs
+from tests.wal_simfs import FaultFs, SimCrash, SimFs
 
 CTX = {"compiler": "0.1", "torch": "2.8.0", "flags": "", "device": "cpu"}
 D = "/w/log"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from esper.compiler.wal_simfs import PAGE, FaultFs
+from tests.wal_simfs import PAGE, FaultFs
 
 F = "/d/f"
 
