@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from esper.proto import leyline_pb2 as pb
+from esper.proto.enums import CircuitState  # numbered as on the wire (CLOSED=1, OPEN=2, HALF_OPEN=3)
 from esper.safety.clock import Clock, monotonic_ms
 from esper.safety.config import ProductionSafetyConfig
 from esper.safety.events import EventSink, NullSink, Reporter, notify
@@ -48,17 +49,6 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class CircuitState(enum.IntEnum):
-    """Breaker states, numbered as Leyline's CircuitState (CLOSED=1, OPEN=2, HALF_OPEN=3) everywhere."""
-
-    CLOSED = pb.CIRCUIT_CLOSED
-    OPEN = pb.CIRCUIT_OPEN
-    HALF_OPEN = pb.CIRCUIT_HALF_OPEN
-    FORCED_OPEN = pb.CIRCUIT_FORCED_OPEN
-    DISABLED = pb.CIRCUIT_DISABLED
-    METRICS_ONLY = pb.CIRCUIT_METRICS_ONLY
 
 
 class WindowType(enum.StrEnum):

@@ -18,7 +18,6 @@ stage the seed sees a detached copy, so even NaN seed weights leave the host's o
 
 from __future__ import annotations
 
-import enum
 import itertools
 import math
 import threading
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from esper.proto import leyline_pb2 as pb
+from esper.proto.enums import SeedStage  # the lifecycle's stages, numbered as on the wire
 from esper.safety.breaker import CircuitBreaker, CircuitState, Transition
 from esper.safety.clock import Clock, monotonic_ms
 from esper.safety.config import GraftingConfig, ProductionSafetyConfig
@@ -48,22 +48,6 @@ __all__ = [
     "alpha_at",
     "decide",
 ]
-
-
-class SeedStage(enum.IntEnum):
-    """Seed lifecycle stages, numbered as Leyline's SeedStage."""
-
-    DORMANT = pb.SEED_DORMANT
-    GERMINATED = pb.SEED_GERMINATED
-    TRAINING = pb.SEED_TRAINING
-    BLENDING = pb.SEED_BLENDING
-    SHADOWING = pb.SEED_SHADOWING
-    PROBATIONARY = pb.SEED_PROBATIONARY
-    FOSSILIZED = pb.SEED_FOSSILIZED
-    CULLED = pb.SEED_CULLED
-    EMBARGOED = pb.SEED_EMBARGOED
-    RESETTING = pb.SEED_RESETTING
-    TERMINATED = pb.SEED_TERMINATED
 
 
 S = SeedStage

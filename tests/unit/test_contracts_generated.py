@@ -11,7 +11,7 @@ import ast
 import re
 from pathlib import Path
 
-from esper.proto.generate import PROTO_DIR, generate
+from esper.proto.generate import ENUMS, PROTO_DIR, generate
 
 _DESCRIPTOR = re.compile(rb"AddSerializedFile\((b'.*?')\)\n")
 
@@ -34,3 +34,15 @@ def test_generated_code_is_not_stale(tmp_path: Path) -> None:
     assert _declarations(tmp_path / "leyline_pb2.pyi") == _declarations(PROTO_DIR / "leyline_pb2.pyi"), (
         "proto/leyline_pb2.pyi is stale: run `make proto`"
     )
+    assert (tmp_path / ENUMS).read_text() == (PROTO_DIR / ENUMS).read_text(), (
+        "proto/enums.py is stale: run `make proto`"
+    )
+
+
+def test_the_python_enums_are_the_contracts() -> None:
+    from esper.proto import leyline_pb2 as pb
+    from esper.proto.enums import CircuitState, SeedStage
+
+    for enum, wrapper, prefix in ((SeedStage, pb.SeedStage, "SEED_"), (CircuitState, pb.CircuitState, "CIRCUIT_")):
+        wire = {name.removeprefix(prefix): number for name, number in wrapper.items() if number}
+        assert {m.name: m.value for m in enum} == wire
