@@ -1,8 +1,8 @@
 """The consumer helper: decode, hand to a handler, store the offset only after processing.
 
 Offsets are stored after the handler returns (or after the record's dead letter is acknowledged) and committed
-by librdkafka's auto-commit, on a partition's revocation and on close, so a crash redelivers what was not processed
-and loses nothing. When a dead letter cannot be published, the consumer seeks back to that record, so the next poll
+by librdkafka's auto-commit (periodically, when a partition is revoked, and on close), so a crash redelivers what
+was not processed and loses nothing. When a dead letter cannot be published, the consumer seeks back to that record, so the next poll
 publishes its letter again (without handing the record to the handler a second time) rather than committing past it.
 A handler error that the retry policy calls transient is retried with backoff before the record is dead-lettered.
 
@@ -184,13 +184,8 @@ class LeylineConsumer:
         log.info("%s assigned %s", self.group_id, _names(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Commit what was processed before the partitions go (their next owner starts there), and forget the
-        letters owed for them: the next owner decides those records' fate again."""
-        try:
-            consumer.commit(asynchronous=False)
-        except KafkaException as e:  # nothing stored since the last commit (_NO_OFFSET), or the group is gone
-            if e.args[0].code() != KafkaError._NO_OFFSET:
-                log.warning("%s: commit on revocation failed: %s", self.group_id, e)
+        """The partitions go (librdkafka's auto-commit commits what was stored first, so their next owner starts
+        there): forget the letters owed for them, the next owner decides those records' fate again."""
         self._forget(partitions)
         log.info("%s revoked %s", self.group_id, _names(partitions))
 
@@ -305,6 +300,11 @@ class LeylineConsumer:
         self._store(msg)
         if self.on_dead_letter is not None:
             self.on_dead_letter(letter, error)
+
+    @property
+    def owed_letters(self) -> int:
+        """Records of partitions this member holds whose dead letter was refused and is still owed."""
+        return len(self._undelivered)
 
     def assignment(self) -> list[tuple[str, int]]:
         """The (topic, partition) pairs this consumer holds now; empty until the group has assigned it some."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 from esper.proto import leyline_pb2 as pb
 from esper.settings import load_settings
 from esper.streams.admin import admin_client, create_topics
-from esper.streams.consumer import LeylineConsumer, Record
+from esper.streams.consumer import NO_RETRY, LeylineConsumer, Record
 from esper.streams.deadletter import DeadLetterPublisher
 from esper.streams.envelope import JSON, PROTOBUF, Envelope
 from esper.streams.exceptions import DeadLetterUnavailableError
@@ -360,3 +361,61 @@ def test_topics_create_says_how_an_existing_topic_differs_from_the_registry(kafk
     assert create_topics(kafka_bootstrap, [wider]) == {
         spec.name: "exists, differs from the registry: partitions=2 (registry 3); retention.ms=60000 (registry 3600000)"
     }
+
+
+def test_a_rebalance_commits_what_was_processed_and_drops_the_letters_owed_for_lost_partitions(
+    kafka_bootstrap: str, run_id: str
+) -> None:
+    topic = own_topic(kafka_bootstrap, run_id)
+    producer = LeylineProducer(kafka_bootstrap)
+    for i in range(3):
+        producer.send_sync(topic, pause_command(run_id, i))
+    refused = pb.PauseCommand(command_id=f"{run_id}-3", reason="r" * 5000, target_instance=run_id)
+    producer.send_sync(topic, refused)  # offset 3: the handler refuses it and its dead letter is refused too
+    producer.close()
+
+    group = f"rebalance-{run_id}"
+    refusing = DeadLetterPublisher(LeylineProducer(kafka_bootstrap, **{"message.max.bytes": 1000}), group)
+    handled: list[int] = []
+
+    def handler(record: Record) -> None:
+        handled.append(record.offset)
+        if record.message.reason:
+            raise ValueError("refused by the handler")
+
+    # No periodic commit within the test: only the revocation can commit offsets 0..2. The range assignor gives
+    # the one partition to the member whose id sorts first: ids start with the client id, so the second member
+    # ("a-...") takes it from the first ("z-...").
+    first = LeylineConsumer(
+        kafka_bootstrap,
+        group,
+        [topic],
+        dead_letters=refusing,
+        **{"auto.commit.interval.ms": 600_000, "client.id": f"z-{run_id}"},
+    )
+    second: LeylineConsumer | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while first.owed_letters == 0:
+            assert time.monotonic() < deadline, "the refused letter never became owed"
+            with contextlib.suppress(DeadLetterUnavailableError):
+                first.poll_once(handler, timeout_s=0.5)
+        assert handled == [0, 1, 2, 3]
+
+        taken: list[int] = []
+        second = LeylineConsumer(kafka_bootstrap, group, [topic], retry=NO_RETRY, **{"client.id": f"a-{run_id}"})
+        deadline = time.monotonic() + 60
+        while not taken:
+            assert time.monotonic() < deadline, "the partition never moved to the second member"
+            with contextlib.suppress(DeadLetterUnavailableError):
+                first.poll_once(handler, timeout_s=0.2)
+            with contextlib.suppress(ValueError):
+                second.poll_once(lambda r: taken.append(r.offset), timeout_s=0.2)
+        assert first.assignment() == [] and first.owed_letters == 0  # nothing owed for a partition it lost
+        assert taken[0] == 3  # the new owner starts where the first committed at the revocation
+        assert handled == [0, 1, 2, 3]
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+        refusing.producer.close(0)
