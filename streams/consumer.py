@@ -1,13 +1,16 @@
 """The consumer helper: decode, hand to a handler, store the offset only after processing.
 
-Offsets are stored after the handler returns (or after the record's dead letter is acknowledged) and committed
-by librdkafka's auto-commit (periodically, when a partition is revoked, and on close), so a crash redelivers what
-was not processed and loses nothing. When a dead letter cannot be published, the consumer seeks back to that record, so the next poll
-publishes its letter again (without handing the record to the handler a second time) rather than committing past it.
-A handler error that the retry policy calls transient is retried with backoff before the record is dead-lettered.
+Offsets are stored after the handler returns (or after the record's dead letter is acknowledged) and committed by
+librdkafka's auto-commit (periodically, when a partition is revoked, and on close), so a crash redelivers what was
+not processed and loses nothing. When a dead letter cannot be published, the consumer seeks back to that record, so
+the next poll publishes its letter again (without handing the record to the handler a second time) rather than
+committing past it. A handler error that the retry policy calls transient is retried with backoff before the record
+is dead-lettered. On a revocation the letters still owed for those partitions are forgotten: their next owner
+decides those records' fate.
 
-`LeylineConsumer.assigned` reads given partitions from given offsets with no consumer group at all (nothing is
-committed and no group is left behind): for a process that rebuilds its state from the log on every start.
+`LeylineConsumer.from_time` reads every partition of a topic from a point in time with no consumer group at all
+(nothing is committed and no group is left behind): for a process that rebuilds its state from the log on every
+start.
 """
 
 from __future__ import annotations
