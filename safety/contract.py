@@ -27,8 +27,8 @@ from esper.safety.checkpoint import CheckpointSafetyManager
 from esper.safety.clock import Clock, monotonic_ms
 from esper.safety.config import GraftingConfig, ProductionSafetyConfig
 from esper.safety.events import EventSink, NullSink, telemetry_event, telemetry_packet
-from esper.safety.exceptions import ConfigError, InvalidPauseError, PauseRefusedError
-from esper.safety.pause import PauseController, PauseQuota, pause_refusal, pause_request_problems
+from esper.safety.exceptions import ConfigError, PauseRefusedError
+from esper.safety.pause import PauseController, PauseQuota, require_pause_allowed
 from esper.safety.timing import HardwareAwareTimingValidator, HardwareTimingProfile, StandardizedPerformanceMetrics
 
 __all__ = [
@@ -218,12 +218,7 @@ class KasminaSafetyMechanisms:
         InvalidPauseError for a quota below 1 ms; PauseRefusedError when the config disables pauses or no quota is
         left. Only a pause entered spends quota."""
         requested = self.safety.max_pause_duration_ms if quota is None else quota
-        problems = pause_request_problems(requested, None)
-        if problems:
-            raise InvalidPauseError("; ".join(problems))
-        refusal = pause_refusal(self.safety)
-        if refusal is not None:
-            raise PauseRefusedError(f"pause refused on {self.instance_id}: {refusal}")
+        require_pause_allowed(self.safety, self.instance_id, requested)
         with self._pause_lock:
             self.pause.expire_if_due()
             if self.pause.is_paused:

@@ -33,6 +33,7 @@ __all__ = [
     "pause_refusal",
     "pause_request_problems",
     "quota_request",
+    "require_pause_allowed",
 ]
 
 X = TypeVar("X")
@@ -72,6 +73,19 @@ def pause_refusal(config: ProductionSafetyConfig) -> str | None:
     if not config.identity_kernel_enabled:
         return "a pause needs the identity kernel, which is disabled (identity_kernel_enabled)"
     return None
+
+
+def require_pause_allowed(
+    config: ProductionSafetyConfig, where: str, quota_ms: int | None = None, max_duration_ms: float | None = None
+) -> None:
+    """The checks every pause passes before anything is spent: InvalidPauseError for a quota or maximum that is not
+    positive, PauseRefusedError when `config` refuses pauses."""
+    problems = pause_request_problems(quota_ms, max_duration_ms)
+    if problems:
+        raise InvalidPauseError("; ".join(problems))
+    refusal = pause_refusal(config)
+    if refusal is not None:
+        raise PauseRefusedError(f"pause refused on {where}: {refusal}")
 
 
 def pause_enter(
@@ -144,12 +158,7 @@ class PauseController:
         """Enter a pause allowed to last the smallest of max_duration_ms, the quota granted (quota_ms) and the
         configured maximum (None: not given). False when already paused; InvalidPauseError for a quota or maximum
         that is not positive; PauseRefusedError when the configuration disables pauses."""
-        problems = pause_request_problems(quota_ms, max_duration_ms)
-        if problems:
-            raise InvalidPauseError("; ".join(problems))
-        refusal = pause_refusal(self.config)
-        if refusal is not None:
-            raise PauseRefusedError(f"pause refused on {self._where()}: {refusal}")
+        require_pause_allowed(self.config, self._where(), quota_ms, max_duration_ms)
         now = self._clock()
         allowed = min(
             self.max_duration_ms,
