@@ -1,6 +1,8 @@
 """The Kasmina client's cost to training and its reaction time: the step time of a small model with a seed slot
 while the client publishes one packet per step, against the same loop without the client (interleaved blocks,
-median ratio); and pause-command latency from produce to the identity kernel being active (p50, p99)."""
+median ratio); what emitting one safety event costs the emitting thread (into the durable outbox: serialize and one
+write(2)) against serializing it alone; and pause-command latency from produce to the identity kernel being active
+(p50, p99)."""
 
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Row, print_table, ratio_row
+from common import Row, per_call_ns, print_table, ratio_row
 from kafka_env import bench_bootstrap
 
 from esper.proto import leyline_pb2 as pb
 from esper.safety.client import KasminaClient
 from esper.safety.config import GraftingConfig
+from esper.safety.events import safety_event
 from esper.safety.seed import SeedSlot, SeedStage
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import CONTROL_PAUSE
@@ -76,6 +79,22 @@ def step_overhead(servers: str) -> list[Row]:
     ]
 
 
+def safety_emit_cost(servers: str) -> list[Row]:
+    instance = f"bench-{uuid.uuid4().hex[:8]}"
+    event = safety_event(
+        pb.TELEMETRY_WARN, "breaker opened", pb.BreakerTransition(breaker_name="b"), source_id=instance
+    )
+    with KasminaClient(servers, instance, consume_pause=False) as client:
+        bare = per_call_ns(event.SerializeToString, 2000)
+        emit = per_call_ns(lambda: client.emit(event), 2000)
+        left = client.flush(60)
+    return [
+        Row("safety event serialize (bare)", bare / 1e3, "us"),
+        ratio_row("safety event emit (outbox write, never dropped)", emit / 1e3, "us", "serialize", bare / 1e3),
+        Row("safety events undelivered after flush", left, "msgs"),
+    ]
+
+
 def pause_latency(servers: str) -> list[Row]:
     instance = f"bench-{uuid.uuid4().hex[:8]}"
     latencies: list[float] = []
@@ -111,7 +130,7 @@ def pause_latency(servers: str) -> list[Row]:
 
 def run() -> list[Row]:
     servers = bench_bootstrap()
-    return step_overhead(servers) + pause_latency(servers)
+    return step_overhead(servers) + safety_emit_cost(servers) + pause_latency(servers)
 
 
 if __name__ == "__main__":

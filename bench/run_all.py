@@ -12,8 +12,11 @@ sys.path.insert(0, str(HERE))
 
 from common import Row, print_table  # noqa: E402
 
+from esper.logs import configure as configure_logging  # noqa: E402
+
 
 def main(selected: list[str]) -> int:
+    configure_logging()
     rows: list[Row] = []
     failed = []
     for path in sorted(HERE.glob("bench_*.py")):

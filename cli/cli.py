@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from esper.compiler.wal_cli import app as wal_app
+from esper.logs import configure as configure_logging
 from esper.settings import load_settings
 from esper.streams.exceptions import StreamsError
 
@@ -31,6 +32,19 @@ app.add_typer(wal_app, name="wal")
 
 err = Console(stderr=True)
 out = Console()
+
+
+@app.callback()
+def _main(
+    log_level: Annotated[
+        str, typer.Option(envvar="ESPER_LOG_LEVEL", help="DEBUG, INFO, WARNING (default) or ERROR, on stderr.")
+    ] = "WARNING",
+) -> None:
+    """Esper on Kafka: Tezzeret, Kasmina and their Leyline topics."""
+    try:
+        configure_logging(log_level)
+    except ValueError as e:
+        raise _fail(str(e)) from e
 
 
 def _fail(message: str) -> typer.Exit:

@@ -100,3 +100,23 @@ def test_the_policy_is_injectable() -> None:
     assert everything.retryable(ValueError())
     assert is_transient(KafkaException(KafkaError(KafkaError._TRANSPORT, "down", retriable=True)))
     assert not is_transient(KafkaException(KafkaError(KafkaError._INVALID_ARG, "bad")))
+
+
+def test_the_command_shows_librdkafkas_own_lines_from_error_unless_asked_for_more() -> None:
+    from esper.logs import configure
+    from esper.streams.client_config import LIBRDKAFKA_LOG
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # pytest's own capture handlers, put back after
+    try:
+        configure("WARNING")
+        assert LIBRDKAFKA_LOG.getEffectiveLevel() == logging.ERROR
+        assert logging.getLogger("esper.safety").getEffectiveLevel() == logging.WARNING
+        configure("debug")
+        assert LIBRDKAFKA_LOG.getEffectiveLevel() == logging.DEBUG
+        with pytest.raises(ValueError, match="unknown log level"):
+            configure("loud")
+    finally:
+        LIBRDKAFKA_LOG.setLevel(logging.NOTSET)
+        root.handlers[:] = handlers
+        root.setLevel(level)
