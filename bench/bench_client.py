@@ -81,9 +81,8 @@ def step_overhead(servers: str) -> list[Row]:
 
 def safety_emit_cost(servers: str) -> list[Row]:
     instance = f"bench-{uuid.uuid4().hex[:8]}"
-    event = safety_event(
-        pb.TELEMETRY_WARN, "breaker opened", pb.BreakerTransition(breaker_name="b"), source_id=instance
-    )
+    detail = pb.BreakerTransition(from_state=pb.CIRCUIT_CLOSED, to_state=pb.CIRCUIT_OPEN, reason="5 failures")
+    event = safety_event(pb.TELEMETRY_WARN, "breaker opened", detail, source_id=instance)
     with KasminaClient(servers, instance, consume_pause=False) as client:
         bare = per_call_ns(event.SerializeToString, 2000)
         emit = per_call_ns(lambda: client.emit(event), 2000)
