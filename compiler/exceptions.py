@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from esper.compiler.wal_scan import RecoveryReport
 
-__all__ = ["CompilerError", "WalClosedError", "WalCorruptionError", "WalError", "WalFatalError", "WalIOError"]
+__all__ = [
+    "BlueprintError",
+    "BlueprintLoadError",
+    "BlueprintProblem",
+    "BlueprintValidationError",
+    "CompilerError",
+    "InvalidLimitsError",
+    "WalClosedError",
+    "WalCorruptionError",
+    "WalError",
+    "WalFatalError",
+    "WalIOError",
+]
 
 
 class CompilerError(Exception):
@@ -38,3 +51,45 @@ class WalCorruptionError(WalError):
         c = report.corruption
         where = f"{c.segment}@{c.offset}: {c.reason}" if c else "?"
         super().__init__(f"WAL corruption at {where}")
+
+
+class InvalidLimitsError(CompilerError, ValueError):
+    """A ValidationLimits broke its own rules; `problems` lists each."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("invalid validation limits: " + "; ".join(self.problems))
+
+
+class BlueprintProblem(NamedTuple):
+    """One thing wrong with a blueprint: where (a node id, or `blueprint`, `input`, `output`, `metadata`, a file
+    location) and what."""
+
+    node: str
+    problem: str
+
+
+class BlueprintError(CompilerError):
+    """Base of the blueprint errors; `problems` lists every problem found."""
+
+    summary = "blueprint rejected"
+
+    def __init__(self, problems: Sequence[BlueprintProblem], more: int = 0) -> None:
+        self.problems = tuple(problems)
+        self.more = more  # problems found past the reported ones
+        lines = [f"{p.node}: {p.problem}" for p in self.problems]
+        if more:
+            lines.append(f"... and {more} more")
+        super().__init__(f"{self.summary}:\n  " + "\n  ".join(lines))
+
+
+class BlueprintLoadError(BlueprintError):
+    """A blueprint file could not be read into a BlueprintIR."""
+
+    summary = "blueprint file unreadable"
+
+
+class BlueprintValidationError(BlueprintError):
+    """A blueprint failed the security validator."""
+
+    summary = "blueprint invalid"
