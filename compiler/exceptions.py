@@ -9,12 +9,25 @@ if TYPE_CHECKING:
     from esper.compiler.wal_scan import RecoveryReport
 
 __all__ = [
+    "ArtifactError",
+    "ArtifactNotFoundError",
+    "ArtifactRefusedError",
+    "BadSignatureError",
     "BlueprintError",
     "BlueprintLoadError",
     "BlueprintProblem",
     "BlueprintValidationError",
     "CompilerError",
+    "HashMismatchError",
+    "InvalidArtifactIdError",
     "InvalidLimitsError",
+    "KeyRingError",
+    "MalformedManifestError",
+    "ManifestMismatchError",
+    "MissingFileError",
+    "RetiredKeyError",
+    "UnexpectedFileError",
+    "UnknownKeyError",
     "WalClosedError",
     "WalCorruptionError",
     "WalError",
@@ -93,3 +106,62 @@ class BlueprintValidationError(BlueprintError):
     """A blueprint failed the security validator."""
 
     summary = "blueprint invalid"
+
+
+class ArtifactError(CompilerError):
+    """Base of the artifact store's, key ring's and verifier's errors."""
+
+
+class InvalidArtifactIdError(ArtifactError, ValueError):
+    """A string that is not an artifact id (64 lower-case hex digits) was given where one is needed."""
+
+
+class ArtifactNotFoundError(ArtifactError):
+    """The store holds no artifact with this id."""
+
+
+class KeyRingError(ArtifactError):
+    """The key ring cannot do what was asked: no signing key, an unknown key id, an unreadable key file."""
+
+
+class ArtifactRefusedError(ArtifactError):
+    """An artifact failed verification: nothing of it was unpickled, imported or loaded. Subclasses say which
+    check failed; each refusal is also reported as a safety event."""
+
+    def __init__(self, artifact_id: str, reason: str) -> None:
+        self.artifact_id = artifact_id
+        self.reason = reason
+        super().__init__(f"artifact {artifact_id} refused: {reason}")
+
+
+class MalformedManifestError(ArtifactRefusedError):
+    """The manifest is not the JSON document the store writes (unparseable, missing or mistyped fields)."""
+
+
+class UnknownKeyError(ArtifactRefusedError):
+    """The manifest names a key the key ring does not hold, or an algorithm other than Ed25519."""
+
+
+class RetiredKeyError(ArtifactRefusedError):
+    """The manifest was signed by a key the ring has retired: retired keys verify nothing."""
+
+
+class BadSignatureError(ArtifactRefusedError):
+    """The signature does not verify over the manifest's exact bytes."""
+
+
+class ManifestMismatchError(ArtifactRefusedError):
+    """A signed manifest that belongs elsewhere: its artifact id is not the directory's, or not the id recomputed
+    from the IR, tier and reuse key it lists."""
+
+
+class MissingFileError(ArtifactRefusedError):
+    """A file the manifest lists (or the manifest or its signature) is absent."""
+
+
+class UnexpectedFileError(ArtifactRefusedError):
+    """The artifact holds a file the manifest does not list, or one that is not a regular file."""
+
+
+class HashMismatchError(ArtifactRefusedError):
+    """A file's size or sha256 differs from the manifest's."""
