@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from esper.compiler.artifacts.cli import artifact_app, keys_app
 from esper.compiler.wal_cli import app as wal_app
 from esper.logs import configure as configure_logging
 from esper.settings import load_settings
@@ -29,6 +30,8 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 # Subcommand groups of the other packages are registered here, one line each.
 app.add_typer(wal_app, name="wal")
+app.add_typer(artifact_app, name="artifact")
+app.add_typer(keys_app, name="keys")
 
 err = Console(stderr=True)
 out = Console()

@@ -32,6 +32,7 @@ class EsperSettings(BaseSettings):
     controller_port: int = 9093
     broker_heap: str = "512m"
     client_id: str = "esper"
+    keys_dir: Path | None = Field(default=None, description="The artifact signing key ring; default <home>/keys.")
 
     @classmethod
     def settings_customise_sources(
@@ -44,6 +45,10 @@ class EsperSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_path = Path(os.environ.get(CONFIG_FILE_ENV, "esper.toml"))
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+
+    def key_ring_dir(self) -> Path:
+        """Where `esper keys` and the compiler keep the signing key ring."""
+        return self.keys_dir or self.home / "keys"
 
     def cluster(self) -> ClusterConfig:
         """What streams/ needs of these settings: the cluster to use and how the local broker runs."""

@@ -260,6 +260,10 @@ TAMPERS: dict[str, tuple[Callable[[Path, KeyRing, Path], None], type[ArtifactRef
         lambda r, k, t: ((r / "compiled" / MEGACACHE).unlink(), (r / "compiled" / MEGACACHE).symlink_to(r / "ir.pb")),
         UnexpectedFileError,
     ),
+    "blob replaced by a FIFO": (
+        lambda r, k, t: ((r / "compiled" / MEGACACHE).unlink(), os.mkfifo(r / "compiled" / MEGACACHE)),
+        UnexpectedFileError,
+    ),
     "signed by an unknown key": (lambda r, k, t: _foreign_signature(r, t), UnknownKeyError),
     "another algorithm": (lambda r, k, t: _resign(r, k, lambda m: m.update(algorithm="sha256")), UnknownKeyError),
     "retired key": (lambda r, k, t: k.retire(k.signing_key_id() or ""), RetiredKeyError),
