@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from esper.compiler.artifacts.cli import artifact_app, keys_app
+from esper.compiler.ir.cli import app as blueprint_app
 from esper.compiler.wal_cli import app as wal_app
 from esper.logs import configure as configure_logging
 from esper.settings import load_settings
@@ -30,6 +31,7 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 # Subcommand groups of the other packages are registered here, one line each.
 app.add_typer(wal_app, name="wal")
+app.add_typer(blueprint_app, name="blueprint")
 app.add_typer(artifact_app, name="artifact")
 app.add_typer(keys_app, name="keys")
 
