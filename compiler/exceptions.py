@@ -18,6 +18,7 @@ __all__ = [
     "BlueprintProblem",
     "BlueprintValidationError",
     "CompilerError",
+    "GraphBreakError",
     "HashMismatchError",
     "InvalidArtifactIdError",
     "InvalidLimitsError",
@@ -26,6 +27,8 @@ __all__ = [
     "ManifestMismatchError",
     "MissingFileError",
     "RetiredKeyError",
+    "TierCheckError",
+    "TierError",
     "UnexpectedFileError",
     "UnknownKeyError",
     "WalClosedError",
@@ -165,3 +168,15 @@ class UnexpectedFileError(ArtifactRefusedError):
 
 class HashMismatchError(ArtifactRefusedError):
     """A file's size or sha256 differs from the manifest's."""
+
+
+class TierError(CompilerError):
+    """A module failed to compile, or to prove itself, at a tier."""
+
+
+class GraphBreakError(TierError):
+    """The module cannot be captured as one graph (fullgraph=True): the blueprint is refused, never run in pieces."""
+
+
+class TierCheckError(TierError):
+    """A compiled output or gradient differs from eager's beyond the tier's tolerance (or is not finite)."""
