@@ -390,6 +390,23 @@ def test_a_failed_write_leaves_no_artifact_and_no_temporary(tmp_path: Path, ring
     assert store.ids() == [art.artifact_id]
 
 
+def test_a_writer_that_loses_the_race_keeps_the_winners_artifact(tmp_path: Path, ring: KeyRing) -> None:
+    root = tmp_path / "store"
+    winner = LocalStore(root)
+
+    class Racing(OsFs):
+        """Another process publishes the same id between this writer's check and its rename."""
+
+        def rename(self, src: str, dst: str) -> None:
+            if Path(src).name.startswith(".tmp-") and Path(src).is_dir():
+                publish(winner, make_build(weight=3.0), ring, MemorySink())
+            super().rename(src, dst)
+
+    art = publish(LocalStore(root, fs=Racing()), make_build(weight=1.0), ring, MemorySink())
+    assert torch.equal(art.weights()["lin.weight"], torch.full((4, 3), 3.0))  # the winner's bytes, verified
+    assert os.listdir(root) == [art.artifact_id]  # the loser's temporary folder is gone
+
+
 def test_manifest_parse_accepts_only_canonical_bytes(store: LocalStore, ring: KeyRing) -> None:
     art = publish(store, make_build(), ring, MemorySink())
     assert Manifest.parse(art.manifest_bytes, art.artifact_id) == art.manifest
