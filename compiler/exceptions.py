@@ -27,6 +27,9 @@ __all__ = [
     "ManifestMismatchError",
     "MissingFileError",
     "RetiredKeyError",
+    "SandboxClosedError",
+    "SandboxError",
+    "SandboxJobRejectedError",
     "TierCheckError",
     "TierError",
     "UnexpectedFileError",
@@ -168,6 +171,19 @@ class UnexpectedFileError(ArtifactRefusedError):
 
 class HashMismatchError(ArtifactRefusedError):
     """A file's size or sha256 differs from the manifest's."""
+
+
+class SandboxError(CompilerError):
+    """Base of the sandbox's errors. A worker's fault is never one of them: it is a typed outcome."""
+
+
+class SandboxJobRejectedError(SandboxError, ValueError):
+    """The caller asked for a job the sandbox refuses before any worker sees it: a function outside the
+    allow-list, arguments that are not JSON, limits that are not positive."""
+
+
+class SandboxClosedError(SandboxError):
+    """The sandbox was closed."""
 
 
 class TierError(CompilerError):
