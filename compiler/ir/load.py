@@ -120,7 +120,9 @@ def _friendly(data: Mapping[str, Any], problems: list[BlueprintProblem]) -> pb.B
     if "created_at" in data:
         when = data["created_at"]
         try:
-            if isinstance(when, datetime.datetime):  # YAML reads an unquoted time as a datetime
+            if isinstance(when, datetime.date):  # YAML reads an unquoted date or time as one
+                if not isinstance(when, datetime.datetime):
+                    when = datetime.datetime(when.year, when.month, when.day)
                 ir.created_at.FromDatetime(when if when.tzinfo else when.replace(tzinfo=datetime.UTC))
             else:
                 ir.created_at.FromJsonString(str(when))

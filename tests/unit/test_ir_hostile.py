@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -180,12 +181,14 @@ def test_loader_on_garbage_raises_its_typed_error(raw: bytes, as_json: bool) -> 
         },
     ),
     st.booleans(),
+    st.booleans(),
 )
-def test_loader_then_validator_on_random_documents(doc: dict[str, object], proto_form: bool) -> None:
+def test_loader_then_validator_on_random_documents(doc: dict[str, object], proto_form: bool, as_json: bool) -> None:
     if proto_form:
         doc["irVersion"] = doc.pop("ir_version", 1)
+    raw = json.dumps(doc).encode() if as_json else yaml.safe_dump(doc).encode()
     try:
-        ir = parse_blueprint(json.dumps(doc).encode(), as_json=True)
+        ir = parse_blueprint(raw, as_json=as_json)
     except BlueprintLoadError as e:
         assert e.problems
         return
