@@ -176,8 +176,6 @@ def _node(index: int, data: Any, out: pb.OpNode, problems: list[BlueprintProblem
     for key in sorted(set(data) - _NODE, key=str):
         problems.append(BlueprintProblem(where, f"unknown field {str(key)[:40]!r}"))
     inputs = data.get("inputs", [])
-    if isinstance(inputs, str):
-        inputs = [inputs]
     if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
         out.inputs.extend(inputs)
     else:

@@ -46,10 +46,6 @@ class AttrSpec:
     choices: tuple[str, ...] = ()
     length: tuple[int, int] = (0, 0)  # (min, max) elements of INTS / FLOATS
 
-    @property
-    def required(self) -> bool:
-        return self.default is None
-
     def in_range(self, x: float) -> bool:
         if math.isnan(x) or math.isinf(x):
             return False

@@ -268,14 +268,16 @@ class SecurityValidator:
         for index, node in enumerate(ir.nodes):
             where = node.id if node.id and len(node.id) <= lim.max_string_bytes else f"nodes[{index}]"
             shape: Shape | None = None
-            if where == node.id and not _ID.fullmatch(node.id):
+            if not node.id:
+                problems.add(where, "a node needs an id")
+            elif where != node.id:
+                self._check_string(where, "id", node.id, problems)
+            elif not _ID.fullmatch(node.id):
                 problems.add(where, "a node id must match [A-Za-z][A-Za-z0-9_]* (64 characters at most)")
             elif node.id == INPUT:
                 problems.add(where, f"{INPUT!r} names the blueprint's input; no node may take it")
             elif node.id in defined:
                 problems.add(where, "a node id appears twice")
-            elif not node.id:
-                problems.add(where, "a node needs an id")
             in_shapes = self._check_inputs(where, node, shapes, defined, all_ids, problems)
             spec = OPS.get(node.op)
             if spec is None:
