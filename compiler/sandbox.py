@@ -367,7 +367,9 @@ class SandboxExecutor:
 
     def wait_ready(self) -> list[WorkerInfo]:
         """Wait until every idle worker is warm (or has failed to start and been replaced once)."""
-        taken = [self._acquire() for _ in range(len(self._idle))]
+        with self._cond:
+            idle = len(self._idle)
+        taken = [self._acquire() for _ in range(idle)]
         try:
             for i, worker in enumerate(taken):
                 if worker.await_ready(self._start_timeout_s, self._max_data) is not None:

@@ -303,6 +303,14 @@ def test_close_cancels_the_job_in_flight_and_refuses_later_ones(jobs_importable:
         ex.run(f"{JOBS}.job_echo")
 
 
+def test_worker_that_does_not_start_in_time_is_a_sandbox_crash(jobs_importable: None) -> None:
+    with SandboxExecutor(1, allowed_modules=(JOBS,), start_timeout_s=0.01) as ex:
+        out = ex.run(f"{JOBS}.job_echo")
+        assert out.failure == FailureReason.SANDBOX_CRASH
+        assert "did not start" in out.message and out.signal == signal.SIGKILL
+        assert [w.pid for w in ex.workers()] != [out.worker_pid]  # replaced
+
+
 def test_the_caller_imports_neither_kafka_nor_torch() -> None:
     # The sandbox runs on the GPU benchmark machine, which has no Kafka client; torch lives in the workers.
     code = "import json, sys, esper.compiler.sandbox; print(json.dumps(sorted(sys.modules)))"
