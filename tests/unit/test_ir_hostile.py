@@ -4,14 +4,15 @@ anything else, and refuse oversized input before working on it (a hang would tri
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esper.compiler.exceptions import BlueprintLoadError, BlueprintValidationError
+from esper.compiler.ir.build import BlueprintModule
 from esper.compiler.ir.canonical import canonical_bytes
 from esper.compiler.ir.load import parse_blueprint
 from esper.compiler.ir.schema import OPS
@@ -81,8 +82,19 @@ def mutated_examples(draw: st.DrawFn) -> pb.BlueprintIR:
     ir = pb.BlueprintIR()
     ir.CopyFrom(draw(st.sampled_from(EXAMPLES)))
     target = ir.nodes[draw(st.integers(0, len(ir.nodes) - 1))]
-    what = draw(st.sampled_from(["op", "inputs", "attr", "shape"]))
-    if what == "op":
+    what = draw(st.sampled_from(["op", "inputs", "attr", "shape", "retune", "retune"]))
+    if what == "retune" and target.attributes:  # a plausible value of the same kind: often still valid
+        attr = target.attributes[draw(st.integers(0, len(target.attributes) - 1))]
+        case = attr.WhichOneof("value")
+        if case == "i":
+            attr.i = draw(st.integers(1, 64))
+        elif case == "f":
+            attr.f = draw(st.floats(0.0, 0.99))
+        elif case == "ints":
+            attr.ints.values[:] = draw(
+                st.lists(st.integers(1, 8), min_size=len(attr.ints.values), max_size=len(attr.ints.values))
+            )
+    elif what == "op":
         target.op = draw(st.sampled_from(sorted(OPS)))
     elif what == "inputs":
         target.inputs[:] = draw(st.lists(st.sampled_from([n.id for n in ir.nodes] + ["input"]), max_size=3))
@@ -111,10 +123,12 @@ def test_random_ir_never_crashes(ir: pb.BlueprintIR) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(mutated_examples())
-def test_mutated_examples_never_crash(ir: pb.BlueprintIR) -> None:
+def test_mutated_examples_never_crash_and_build_as_inferred(ir: pb.BlueprintIR) -> None:
     v = _accept_or_typed_error(ir)
     if v is not None:
-        assert all(math.prod(n.shape[1:]) >= 1 for n in v.nodes)
+        batch = 2 if v.input_shape[0] == -1 else v.input_shape[0]
+        out = BlueprintModule(v, seed=0)(torch.randn(batch, *v.input_shape[1:]))
+        assert tuple(out.shape) == (batch, *v.output_shape[1:])
 
 
 def test_100k_nodes_are_refused_before_any_is_read() -> None:
