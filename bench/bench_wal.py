@@ -18,8 +18,8 @@ import time
 from common import Row, print_table, ratio_row
 
 from esper.compiler.fsio import OsFs
-from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, recover
-from esper.compiler.wal_scan import scan_segment
+from esper.compiler.wal.log import Entry, RecordType, Wal, WalConfig, recover
+from esper.compiler.wal.scan import scan_segment
 
 CTX = {"compiler": "bench", "torch": "n/a", "flags": "", "device": "cpu"}
 PAYLOAD = os.urandom(200)  # a 200-byte record is 512 bytes on disk (256 header + 256 padded payload)

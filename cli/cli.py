@@ -15,7 +15,7 @@ from rich.table import Table
 
 from esper.compiler.artifacts.cli import artifact_app, keys_app
 from esper.compiler.ir.cli import app as blueprint_app
-from esper.compiler.wal_cli import app as wal_app
+from esper.compiler.wal.cli import app as wal_app
 from esper.logs import configure as configure_logging
 from esper.settings import load_settings
 from esper.streams.exceptions import StreamsError

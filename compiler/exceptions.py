@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from esper.compiler.wal_scan import RecoveryReport
+    from esper.compiler.wal.scan import RecoveryReport
 
 __all__ = [
     "ArtifactError",

@@ -16,6 +16,7 @@ SUBPACKAGES = [
     "esper.streams.local",
     "esper.projections",
     "esper.compiler",
+    "esper.compiler.wal",
     "esper.safety",
 ]
 GENERIC = {"cli", "proto", "streams", "projections", "compiler", "safety", "tests", "bench"}

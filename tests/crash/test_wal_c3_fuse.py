@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from wal_crash_harness import LONG, Result, publish
 
-from esper.compiler.wal import RecordType, recover
-from esper.compiler.wal_cli import stress_payload_ok
+from esper.compiler.wal.cli import stress_payload_ok
+from esper.compiler.wal.log import RecordType, recover
 
 _NO_FUSE = [
     w for w, ok in (("/dev/fuse", os.path.exists("/dev/fuse")), ("fusermount3", shutil.which("fusermount3"))) if not ok

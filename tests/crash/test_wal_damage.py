@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 from wal_crash_harness import CTX, LONG, USER_TYPES, WAL_DIR, Ack, Result, check, publish, recover_image, workload
 
-from esper.compiler.wal import Entry, RecordType, Wal, WalConfig
-from esper.compiler.wal_cli import stress_payload
-from esper.compiler.wal_format import HEADER_SIZE, Manifest, padded, segment_name
-from esper.compiler.wal_scan import Finding, ScannedRecord
+from esper.compiler.wal.cli import stress_payload
+from esper.compiler.wal.format import HEADER_SIZE, Manifest, padded, segment_name
+from esper.compiler.wal.log import Entry, RecordType, Wal, WalConfig
+from esper.compiler.wal.scan import Finding, ScannedRecord
 from tests.wal_simfs import CrashImage, SimFs
 
 DAMAGE = "C4/C5/C6: damaged bytes (recovery read-only on the damaged image)"

@@ -12,8 +12,8 @@ import random
 from wal_crash_harness import CTX, LONG, PLAN, WAL_DIR, Ack, Result, acked_at, check, publish, recover_image
 
 from esper.compiler.exceptions import WalFatalError, WalIOError
-from esper.compiler.wal import Entry, RecordType, Wal, WalConfig
-from esper.compiler.wal_cli import stress_payload
+from esper.compiler.wal.cli import stress_payload
+from esper.compiler.wal.log import Entry, RecordType, Wal, WalConfig
 from tests.wal_simfs import FaultFs, FaultKind, SimFs
 
 MUTATING = {"pwrite", "fallocate", "fdatasync", "fsync", "fsync_dir", "rename", "ftruncate", "create", "unlink"}

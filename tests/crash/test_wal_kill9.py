@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from wal_crash_harness import LONG, Result, WriteOneBehindWal, publish
 
-from esper.compiler import wal as wal_module
-from esper.compiler import wal_cli
-from esper.compiler.wal import RecordType, Wal, recover
-from esper.compiler.wal_cli import stress_payload_ok
+from esper.compiler.wal import cli as wal_cli
+from esper.compiler.wal import log as wal_module
+from esper.compiler.wal.cli import stress_payload_ok
+from esper.compiler.wal.log import RecordType, Wal, recover
 
 FORKED_RUNS = 10_000 if LONG else 1_000
 EXEC_RUNS = 300 if LONG else 12

@@ -24,9 +24,9 @@ from wal_crash_harness import (
     workload,
 )
 
-from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, recover, write_manifest
-from esper.compiler.wal_cli import stress_payload
-from esper.compiler.wal_format import Manifest, segment_name
+from esper.compiler.wal.cli import stress_payload
+from esper.compiler.wal.format import Manifest, segment_name
+from esper.compiler.wal.log import Entry, RecordType, Wal, WalConfig, recover, write_manifest
 from tests.wal_simfs import CrashImage, SimCrash, SimFs
 
 SAMPLES = 64 if LONG else 16

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from wal_crash_harness import CTX, LONG, Result, publish
 
-from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, recover
+from esper.compiler.wal.log import Entry, RecordType, Wal, WalConfig, recover
 
 SIZE = (1 << 30) if LONG else (128 << 20)
 

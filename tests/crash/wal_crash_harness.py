@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from esper.compiler.fsio import FileSystem
-from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, read_manifest, recover
-from esper.compiler.wal_cli import stress_payload, stress_payload_ok
-from esper.compiler.wal_scan import RecoveryReport
+from esper.compiler.wal.cli import stress_payload, stress_payload_ok
+from esper.compiler.wal.log import Entry, RecordType, Wal, WalConfig, read_manifest, recover
+from esper.compiler.wal.scan import RecoveryReport
 from tests.wal_simfs import CrashImage, SimFs
 
 LONG = os.environ.get("ESPER_CRASH_LONG") == "1"

@@ -7,7 +7,7 @@ import hashlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esper.compiler.wal_format import (
+from esper.compiler.wal.format import (
     HEADER_SIZE,
     CheckpointBody,
     Header,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from esper.compiler.fsio import DIRECT, DONTNEED, OsFs
-from esper.compiler.wal import Wal, recover
+from esper.compiler.wal.log import Wal, recover
 
 SIZES = [0, 1, 255, 4095, 4096, 4097, (16 << 20) + 4096 + 3]  # the last spans two read chunks, then a short read
 

@@ -16,9 +16,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from esper.compiler.exceptions import WalCorruptionError, WalFatalError, WalIOError
-from esper.compiler.wal import Entry, RecordType, Wal, WalConfig, read_manifest, recover, unsettled_in
-from esper.compiler.wal_cli import app, stress_payload, stress_payload_ok
-from esper.compiler.wal_format import (
+from esper.compiler.wal.cli import app, stress_payload, stress_payload_ok
+from esper.compiler.wal.format import (
     CHAINED,
     HEADER_SIZE,
     Header,
@@ -33,6 +32,7 @@ from esper.compiler.wal_format import (
     merkle_root,
     padded,
 )
+from esper.compiler.wal.log import Entry, RecordType, Wal, WalConfig, read_manifest, recover, unsettled_in
 from tests.wal_simfs import FaultFs, SimCrash, SimFs
 
 CTX = {"compiler": "0.1", "torch": "2.8.0", "flags": "", "device": "cpu"}
@@ -372,7 +372,7 @@ def test_checkpoint_returns_its_own_lsn_when_another_batch_follows_at_once() -> 
 
 
 def test_writer_and_scan_match_the_reference_codec_field_by_field() -> None:
-    """The writer's and the scan's inlined per-record code agree with the reference functions of WAL-FORMAT.md."""
+    """The writer's and the scan's inlined per-record code agree with the reference functions of FORMAT.md."""
     fs = SimFs()
     wal = Wal.open(D, CTX, config=WalConfig(segment_size=16384, checkpoint_every=5), fs=fs)
     for i in range(30):
@@ -403,7 +403,7 @@ def test_writer_and_scan_match_the_reference_codec_field_by_field() -> None:
 
 
 def test_an_oversized_payload_is_refused_before_anything_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
-    import esper.compiler.wal as wal_module
+    import esper.compiler.wal.log as wal_module
 
     monkeypatch.setattr(wal_module, "MAX_PAYLOAD", 1000)  # the real bound (u32) needs a 4 GiB payload
     fs = SimFs()

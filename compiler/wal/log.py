@@ -1,8 +1,8 @@
 """Tezzeret's crash-safe write-ahead log: segments, group commit, recovery, retirement.
 
-The imperative shell around `wal_format` (codec, hashes) and `wal_scan` (recovery classification). All I/O goes
+The imperative shell around `format` (codec, hashes) and `scan` (recovery classification). All I/O goes
 through an injectable `FileSystem`, so tests can put a power-loss simulator or a fault injector under the same code.
-Format and rules: WAL-FORMAT.md.
+Format and rules: FORMAT.md.
 
 Usage::
 
@@ -26,7 +26,7 @@ import crc32c
 
 from esper.compiler.exceptions import WalClosedError, WalCorruptionError, WalFatalError, WalIOError
 from esper.compiler.fsio import FileSystem, OsFs
-from esper.compiler.wal_format import (
+from esper.compiler.wal.format import (
     ALIGN,
     CHAIN_TAG,
     HEADER_SIZE,
@@ -49,7 +49,7 @@ from esper.compiler.wal_format import (
     seal_header,
     segment_name,
 )
-from esper.compiler.wal_scan import Finding, RecoveryReport, ScannedRecord, ScanState, retained_segments, scan_segment
+from esper.compiler.wal.scan import Finding, RecoveryReport, ScannedRecord, ScanState, retained_segments, scan_segment
 
 __all__ = [
     "ENTRY_TYPES",

@@ -1,7 +1,7 @@
 """Recovery's functional core: scan segment bytes, accept sound records, classify the first damage.
 
-Pure: takes bytes (or a read-only mmap) and returns what it found; the shell (`wal.py`) reads files, applies the
-truncation this decides, and the caller sets the policy. See WAL-FORMAT.md, "Recovery classification".
+Pure: takes bytes (or a read-only mmap) and returns what it found; the shell (`log.py`) reads files, applies the
+truncation this decides, and the caller sets the policy. See FORMAT.md, "Recovery classification".
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Literal
 import crc32c
 
 from esper.compiler.fsio import ReadBuffer
-from esper.compiler.wal_format import (
+from esper.compiler.wal.format import (
     ALIGN,
     CHAIN_TAG,
     CHAINED,
@@ -367,7 +367,7 @@ def _scan(
     bad: _Bad
 
     while True:
-        # ---- check the record at `off`: every check of WAL-FORMAT.md "Recovery classification", in order
+        # ---- check the record at `off`: every check of FORMAT.md "Recovery classification", in order
         if off + HEADER_SIZE > n:  # header_slot_unwritten: past EOF
             bad = _Bad("unwritten", "unwritten header slot" if off < n else "end of file")
             break

@@ -49,7 +49,7 @@ def inspect(
     records: Annotated[bool, typer.Option("--records/--no-records", help="List every record.")] = True,
 ) -> None:
     """Print the WAL as JSON (read-only): records, LSN range, checkpoints, Merkle root, torn tail or corruption."""
-    from esper.compiler.wal import recover
+    from esper.compiler.wal.log import recover
 
     report = recover(str(path), repair=False, verify_payload_sha=True)
     out = report.to_json(with_records=records)
@@ -62,7 +62,7 @@ def verify(path: ExistingWal) -> None:
 
     A torn tail is not corruption (recovery will cut it): it is reported and exits 0.
     """
-    from esper.compiler.wal import recover
+    from esper.compiler.wal.log import recover
 
     report = recover(str(path), repair=False, verify_payload_sha=True)
     c = report.corruption
@@ -92,7 +92,7 @@ def stress(
 
     Safe to `kill -9` at any moment: every printed LSN must survive recovery.
     """
-    from esper.compiler.wal import Entry, RecordType, Wal, WalConfig
+    from esper.compiler.wal.log import Entry, RecordType, Wal, WalConfig
 
     wal = Wal.open(path, STRESS_CONTEXT, config=WalConfig(segment_size=segment_size, checkpoint_every=64))
     job = os.urandom(16)

@@ -1,6 +1,6 @@
 """The WAL's on-disk format as pure functions: header codec, hash chain, RFC 6962 Merkle tree, system payloads.
 
-Follows WAL-FORMAT.md field by field; no I/O here.
+Follows FORMAT.md field by field; no I/O here.
 """
 
 from __future__ import annotations
