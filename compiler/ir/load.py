@@ -63,7 +63,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def load_blueprint(path: str | Path, limits: ValidationLimits | None = None) -> pb.BlueprintIR:
     """Read a `.json` file as JSON, anything else as YAML; BlueprintLoadError lists what is wrong."""
-    limit = (limits or ValidationLimits()).max_file_bytes
+    limits = limits or ValidationLimits()
+    limit = limits.max_file_bytes
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -72,11 +73,14 @@ def load_blueprint(path: str | Path, limits: ValidationLimits | None = None) -> 
         raise BlueprintLoadError([BlueprintProblem(str(path), f"cannot read: {e.strerror or e}")]) from e
     if len(raw) > limit:
         raise BlueprintLoadError([BlueprintProblem(str(path), f"over the limit of {limit} bytes")])
-    return parse_blueprint(raw, as_json=path.suffix.lower() == ".json", where=str(path))
+    return parse_blueprint(raw, as_json=path.suffix.lower() == ".json", where=str(path), limits=limits)
 
 
-def parse_blueprint(raw: bytes, *, as_json: bool, where: str = "blueprint") -> pb.BlueprintIR:
-    """The BlueprintIR a file's bytes describe (size checks are the caller's: see load_blueprint)."""
+def parse_blueprint(
+    raw: bytes, *, as_json: bool, where: str = "blueprint", limits: ValidationLimits | None = None
+) -> pb.BlueprintIR:
+    """The BlueprintIR a file's bytes describe (the file size check is the caller's: see load_blueprint); a
+    document of more than max_nodes nodes is refused before any node is converted."""
     try:
         text = raw.decode("utf-8")
         data = json.loads(text, object_pairs_hook=_no_duplicates) if as_json else yaml.load(text, _SafeLoader)
@@ -84,6 +88,11 @@ def parse_blueprint(raw: bytes, *, as_json: bool, where: str = "blueprint") -> p
         raise BlueprintLoadError([BlueprintProblem(where, f"not valid {'JSON' if as_json else 'YAML'}: {e}")]) from e
     if not isinstance(data, dict):
         raise BlueprintLoadError([BlueprintProblem(where, "a blueprint must be a mapping at the top level")])
+    max_nodes = (limits or ValidationLimits()).max_nodes
+    if isinstance(data.get("nodes"), list) and len(data["nodes"]) > max_nodes:
+        raise BlueprintLoadError(
+            [BlueprintProblem(where, f"{len(data['nodes'])} nodes, over the limit of {max_nodes}")]
+        )
     if _is_proto_json(data):
         try:
             return json_format.ParseDict(data, pb.BlueprintIR())

@@ -210,6 +210,15 @@ def test_loader_then_validator_on_random_documents(doc: dict[str, object], proto
 
 
 @pytest.mark.parametrize("as_json", [True, False])
+def test_too_many_nodes_are_refused_before_conversion(as_json: bool) -> None:
+    doc = {"nodes": [{"id": f"n{i}", "op": "relu", "inputs": ["input"]} for i in range(5000)]}
+    raw = json.dumps(doc).encode()  # JSON is YAML too
+    with pytest.raises(BlueprintLoadError) as e:
+        parse_blueprint(raw, as_json=as_json)
+    assert e.value.problems[0].problem == "5000 nodes, over the limit of 4096"
+
+
+@pytest.mark.parametrize("as_json", [True, False])
 def test_deep_nesting_is_a_load_error(as_json: bool) -> None:
     with pytest.raises(BlueprintLoadError):
         parse_blueprint(b"[" * 200_000, as_json=as_json)
