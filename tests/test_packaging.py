@@ -17,6 +17,8 @@ SUBPACKAGES = [
     "esper.projections",
     "esper.compiler",
     "esper.compiler.wal",
+    "esper.compiler.artifacts",
+    "esper.compiler.ir",
     "esper.safety",
 ]
 GENERIC = {"cli", "proto", "streams", "projections", "compiler", "safety", "tests", "bench"}
