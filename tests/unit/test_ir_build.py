@@ -3,6 +3,10 @@ and the module traces whole under torch.compile(fullgraph=True)."""
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +18,7 @@ from esper.compiler.ir.build import BUILDERS, BlueprintModule
 from esper.compiler.ir.schema import OPS
 from esper.compiler.ir.validate import SecurityValidator, ValidatedBlueprint
 from esper.proto import leyline_pb2 as pb
+from tests.ir_samples import EXAMPLES as EXAMPLES_DIR
 from tests.ir_samples import blueprint, examples, node
 
 EXAMPLES = examples()
@@ -38,6 +43,36 @@ def test_same_blueprint_and_seed_give_bit_identical_weights(name: str) -> None:
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point() and sa[k].numel() > 1)
     assert sum(p.numel() for p in a.parameters()) == v.params
+
+
+_WEIGHTS_CHILD = """
+import hashlib, sys
+import torch
+from esper.compiler.ir.build import BlueprintModule
+from esper.compiler.ir.load import load_blueprint
+from esper.compiler.ir.validate import SecurityValidator
+torch.manual_seed(12345)  # the caller's RNG state must not matter
+module = BlueprintModule(SecurityValidator().validate(load_blueprint(sys.argv[1])), seed=3)
+digest = hashlib.sha256()
+for key, value in sorted(module.state_dict().items()):
+    digest.update(key.encode() + value.contiguous().numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_weights_are_bit_identical_in_another_process() -> None:
+    module = BlueprintModule(_validated("conv.yaml"), seed=3)
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode() + value.contiguous().numpy().tobytes())
+    done = subprocess.run(
+        [sys.executable, "-c", _WEIGHTS_CHILD, str(EXAMPLES_DIR / "conv.yaml")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == digest.hexdigest()
 
 
 def test_a_nodes_weights_do_not_depend_on_other_nodes() -> None:
