@@ -21,6 +21,7 @@ import json
 import math
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -228,6 +229,15 @@ def _run_job(request: Any, data: bytes, allowed_modules: Sequence[str]) -> tuple
     return {"ok": True, "value": result.value, "job_s": job_s}, result.data
 
 
+def _die_with_caller(sock: socket.socket) -> None:
+    """Kill this worker's process group once the caller's end of the channel closes (the caller died or closed):
+    a job in flight, a hung g++ included, must not outlive it."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)  # the peer's hang-up only: job data never wakes this thread
+    poller.poll()
+    os.killpg(0, signal.SIGKILL)
+
+
 def _worker_main() -> None:
     """Entry point of a worker: warm up, report ready, then serve jobs until the caller closes the socket."""
     config = json.loads(sys.argv[1])
@@ -243,6 +253,7 @@ def _worker_main() -> None:
     if torch.cuda.is_available():
         # The driver's large address-space reservation then belongs to the baseline, not to a job's RLIMIT_AS.
         torch.cuda.init()
+    threading.Thread(target=_die_with_caller, args=(sock,), name="die-with-caller", daemon=True).start()
     _send_frame(sock, {"ready_at": time.time()}, b"", None)
     while (frame := _recv_frame(sock, None, config["max_data"])) is not None:
         os.ftruncate(2, 0)  # the stderr a death quotes is this job's (the file is O_APPEND)

@@ -83,9 +83,15 @@ def job_exit(args: Any, data: bytes) -> JobResult:
 
 
 def job_hung_gxx(args: Any, data: bytes) -> JobResult:
-    # g++ reading its source from a pipe that never closes: a compiler that hangs in a child process.
-    gxx = subprocess.Popen(["g++", "-x", "c++", "-fsyntax-only", "-"], stdin=subprocess.PIPE)
-    Path(args["pid_file"]).write_text(str(gxx.pid))
+    # g++ reading its source from a pipe that never closes, a compiler hung in a child process: g++ (and the
+    # cc1plus it starts) hold the write end themselves, so the worker's death alone does not end it.
+    read, write = os.pipe()
+    gxx = subprocess.Popen(["g++", "-x", "c++", "-fsyntax-only", "-"], stdin=read, pass_fds=(write,))
+    os.close(read)
+    os.close(write)
+    staged = Path(args["pid_file"] + ".tmp")
+    staged.write_text(str(gxx.pid))
+    staged.rename(args["pid_file"])  # whole or absent: the test polls for it
     gxx.wait()
     raise AssertionError("unreachable")
 
@@ -301,6 +307,33 @@ def test_close_cancels_the_job_in_flight_and_refuses_later_ones(jobs_importable:
     assert ex.workers() == []
     with pytest.raises(SandboxClosedError):
         ex.run(f"{JOBS}.job_echo")
+
+
+# A caller of its own, killed by the test: its worker runs a hung g++ when it dies.
+CALLER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from esper.compiler.sandbox import SandboxExecutor
+ex = SandboxExecutor(1, allowed_modules=(sys.argv[2],))
+print(ex.wait_ready()[0].pid, flush=True)
+ex.run(sys.argv[2] + ".job_hung_gxx", {"pid_file": sys.argv[3]})
+"""
+
+
+def test_a_killed_caller_takes_its_workers_and_their_children_with_it(tmp_path: Path) -> None:
+    pid_file = tmp_path / "gxx.pid"
+    repo = str(Path(__file__).resolve().parents[2])
+    args = [sys.executable, "-c", CALLER, repo, JOBS, str(pid_file)]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as caller:
+        assert caller.stdout is not None
+        worker = int(caller.stdout.readline())
+        while not pid_file.exists():
+            time.sleep(0.05)
+        gxx = int(pid_file.read_text())
+        caller.kill()
+    # The worker saw the channel close and killed its group: it, g++ and cc1plus go (bounded by the timeout).
+    while _live_in_group(worker) or _alive(gxx):
+        time.sleep(0.05)
 
 
 def test_worker_that_does_not_start_in_time_is_a_sandbox_crash(jobs_importable: None) -> None:
