@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from esper.compiler.artifacts.cli import artifact_app, keys_app
+from esper.compiler.compile_cli import compile_command
 from esper.compiler.ir.cli import app as blueprint_app
 from esper.compiler.wal.cli import app as wal_app
 from esper.logs import configure as configure_logging
@@ -34,6 +35,7 @@ app.add_typer(wal_app, name="wal")
 app.add_typer(blueprint_app, name="blueprint")
 app.add_typer(artifact_app, name="artifact")
 app.add_typer(keys_app, name="keys")
+app.command("compile")(compile_command)
 
 err = Console(stderr=True)
 out = Console()

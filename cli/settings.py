@@ -33,6 +33,7 @@ class EsperSettings(BaseSettings):
     broker_heap: str = "512m"
     client_id: str = "esper"
     keys_dir: Path | None = Field(default=None, description="The artifact signing key ring; default <home>/keys.")
+    artifacts_dir: Path | None = Field(default=None, description="The local artifact store; default <home>/artifacts.")
 
     @classmethod
     def settings_customise_sources(
@@ -49,6 +50,10 @@ class EsperSettings(BaseSettings):
     def key_ring_dir(self) -> Path:
         """Where `esper keys` and the compiler keep the signing key ring."""
         return self.keys_dir or self.home / "keys"
+
+    def artifact_store_dir(self) -> Path:
+        """Where `esper compile` stores artifacts unless told otherwise."""
+        return self.artifacts_dir or self.home / "artifacts"
 
     def cluster(self) -> ClusterConfig:
         """What streams/ needs of these settings: the cluster to use and how the local broker runs."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+from esper.proto.enums import FailureReason
+
 if TYPE_CHECKING:
     from esper.compiler.wal.scan import RecoveryReport
 
@@ -17,6 +19,7 @@ __all__ = [
     "BlueprintLoadError",
     "BlueprintProblem",
     "BlueprintValidationError",
+    "CompileFailedError",
     "CompilerError",
     "GraphBreakError",
     "HashMismatchError",
@@ -196,3 +199,12 @@ class GraphBreakError(TierError):
 
 class TierCheckError(TierError):
     """A compiled output or gradient differs from eager's beyond the tier's tolerance (or is not finite)."""
+
+
+class CompileFailedError(CompilerError):
+    """A sandboxed compile did not produce a proven module: `reason` is the worker's FailureReason, the message its
+    traceback or the dead worker's last words."""
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"compile failed ({reason.name}): {message}")

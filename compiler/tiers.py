@@ -5,9 +5,10 @@
   FAST        backend "aot_eager": AOTAutograd traces forward and backward into functional graphs, still no code
               generation: the backward is proven too, at a fraction of inductor's cost.
   STANDARD    inductor, default settings: generated C++ (CPU) or Triton (GPU) kernels.
-  AGGRESSIVE  inductor, mode "max-autotune-no-cudagraphs": on a GPU it benchmarks GEMM/conv templates and tunes
-              kernel launch parameters; on a CPU it generates the same code as STANDARD (inductor's CPU GEMM
-              templates need frozen weights, which training has not), only slower.
+  AGGRESSIVE  inductor with max_autotune and coordinate_descent_tuning (what mode "max-autotune-no-cudagraphs"
+              sets): on a GPU it benchmarks GEMM/conv templates and tunes kernel launch parameters; on a CPU it
+              generates the same code as STANDARD (inductor's CPU GEMM templates need frozen weights, which
+              training has not), only slower.
 
 `compile_and_check` compiles at a tier, runs one full forward and backward at the example input (the backward is
 compiled lazily, at its first run), compares the output and every gradient with eager's within a stated tolerance,
@@ -47,26 +48,38 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Tier:
-    """torch.compile's settings for one strategy (always fullgraph: a graph break is a rejected blueprint)."""
+    """torch.compile's settings for one strategy (always fullgraph: a graph break is a rejected blueprint).
+    `inductor` holds inductor's config options; inductor tiers all take `fallback_random`: random ops (dropout) draw
+    from eager's generator, so a compiled module's dropout equals eager's under one seed and the check can compare
+    them (and a graft draws the same way)."""
 
     strategy: CompilationStrategy
     backend: str
-    mode: str | None = None
+    timeout_s: float  # the spec's upper bound of the tier's compile time: past it the sandbox kills the compile
+    inductor: tuple[tuple[str, bool], ...] = ()
 
     def compile(self, module: nn.Module, *, dynamic: bool | None = None) -> Callable[..., Any]:
-        return torch.compile(module, backend=self.backend, mode=self.mode, fullgraph=True, dynamic=dynamic)
+        options: dict[str, str | int | bool | Callable[..., Any]] | None = dict(self.inductor) or None
+        return torch.compile(module, backend=self.backend, options=options, fullgraph=True, dynamic=dynamic)
 
     @property
     def options(self) -> dict[str, str]:
         """The settings that decide reuse of the compiled code (they go into an artifact's reuse key)."""
-        return {"backend": self.backend, "mode": self.mode or "default", "fullgraph": "true"}
+        return {"backend": self.backend, "fullgraph": "true", **{k: str(v).lower() for k, v in self.inductor}}
 
 
+_RANDOM_AS_EAGER = ("fallback_random", True)
 TIERS: Mapping[CompilationStrategy, Tier] = {
-    CompilationStrategy.EMERGENCY: Tier(CompilationStrategy.EMERGENCY, "eager"),
-    CompilationStrategy.FAST: Tier(CompilationStrategy.FAST, "aot_eager"),
-    CompilationStrategy.STANDARD: Tier(CompilationStrategy.STANDARD, "inductor"),
-    CompilationStrategy.AGGRESSIVE: Tier(CompilationStrategy.AGGRESSIVE, "inductor", "max-autotune-no-cudagraphs"),
+    CompilationStrategy.EMERGENCY: Tier(CompilationStrategy.EMERGENCY, "eager", 10.0),
+    CompilationStrategy.FAST: Tier(CompilationStrategy.FAST, "aot_eager", 65.0),
+    CompilationStrategy.STANDARD: Tier(CompilationStrategy.STANDARD, "inductor", 250.0, (_RANDOM_AS_EAGER,)),
+    # what mode="max-autotune-no-cudagraphs" sets (a mode and options cannot be given together)
+    CompilationStrategy.AGGRESSIVE: Tier(
+        CompilationStrategy.AGGRESSIVE,
+        "inductor",
+        960.0,
+        (("coordinate_descent_tuning", True), _RANDOM_AS_EAGER, ("max_autotune", True)),
+    ),
 }
 
 
@@ -109,6 +122,7 @@ def compile_and_check(
     phases: dict[str, float] = {}
 
     start = time.perf_counter()
+    torch.manual_seed(_CHECK_SEED)  # the same draws for eager and compiled random ops (dropout)
     expected, expected_grads = _forward_backward(reference, example)
     phases["eager_reference"] = _ms_since(start)
 
@@ -118,6 +132,7 @@ def compile_and_check(
     if dynamic:
         torch._dynamo.mark_dynamic(x, 0)
     start = time.perf_counter()
+    torch.manual_seed(_CHECK_SEED)
     try:
         out = compiled(x)
     except torch._dynamo.exc.Unsupported as e:  # fullgraph: a graph break is refused, never run in pieces
@@ -198,6 +213,9 @@ def _check(what: str, got: torch.Tensor, want: torch.Tensor, tolerance: Toleranc
             f"{tolerance.rtol} x |eager|)"
         )
     return float(error.max()) if error.numel() else 0.0
+
+
+_CHECK_SEED = 0
 
 
 def _graph_count() -> int:
