@@ -149,7 +149,7 @@ def compile_job(args: dict[str, Any], data: bytes) -> JobResult:
         input_shape=validated.input_shape,
         input_dtype=dtype_name,
         input_requires_grad=True,
-        compile_options={**result.options, "dynamic": str(dynamic).lower()},
+        compile_options=dict(sorted({**result.options, "dynamic": str(dynamic).lower()}.items())),
     )
     names = sorted(files)
     value = {

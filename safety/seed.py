@@ -22,7 +22,7 @@ import itertools
 import math
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,6 +212,7 @@ class SeedSlot(nn.Module):
     any time (the next backward uses it) without recompiling a compiled host."""
 
     seed: nn.Module
+    _runner: Callable[[torch.Tensor], torch.Tensor]  # how the seed is called: itself, or its compiled form
     control: torch.Tensor
     grad_scaler: torch.amp.GradScaler | None
 
@@ -232,6 +233,7 @@ class SeedSlot(nn.Module):
         self.slot_id = slot_id
         self.instance_id = instance_id
         self.seed = seed
+        self._set_runner(seed)
         self.config = config or GraftingConfig()
         self.grad_scaler = grad_scaler
         self.accumulation_steps = accumulation_steps
@@ -257,12 +259,33 @@ class SeedSlot(nn.Module):
         paused = ctl[_PAUSED] > 0
         contributes = (ctl[_BLEND] > 0) & ~paused
         seed_in = torch.where(contributes, x, x.detach()).contiguous()
-        s = self.seed(seed_in)
+        s = self._run_seed(seed_in)
         # In float32 under autocast too: its gradient is the loss scale (65536 overflows float16).
         reconstruction = (s.float() - seed_in.detach().float()).pow(2).mean()
         local_loss = torch.where(ctl[_TRAIN] > 0, reconstruction, 0.0)
         y = torch.where(contributes, torch.lerp(x, s, ctl[_ALPHA].to(s.dtype)), x)
         return _AttachLoss.apply(y, local_loss, self._handle)
+
+    @torch.compiler.disable
+    def _run_seed(self, x: torch.Tensor) -> torch.Tensor:
+        """The seed behind a graph boundary: a compiled host never traces into it, so a seed grafted later (with its
+        own compiled code) recompiles nothing of the host. Inside, the seed runs its own compiled graph or eager."""
+        return self._runner(x)
+
+    def _set_runner(self, runner: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        # Not a submodule: a compiled runner wraps the seed, whose parameters and state are the seed's alone.
+        object.__setattr__(self, "_runner", runner)
+
+    def install_seed(self, seed: nn.Module, runner: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Put a new seed module into a DORMANT slot (before `germinate`), called through `runner` (its compiled
+        form) or itself. The host's optimizer must be told of the new parameters."""
+        with self._lock:
+            if self.stage is not SeedStage.DORMANT:
+                raise IllegalTransitionError(
+                    self.slot_id, self.stage.name, SeedStage.GERMINATED.name, "a seed is installed in a DORMANT slot"
+                )
+            self.seed = seed
+            self._set_runner(seed if runner is None else runner)
 
     @property
     def accumulation_steps(self) -> int:
