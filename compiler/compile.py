@@ -119,6 +119,7 @@ def compile_job(args: dict[str, Any], data: bytes) -> JobResult:
     import torch
 
     from esper.compiler.artifacts.address import current_reuse_key
+    from esper.compiler.artifacts.publish import compiler_version
     from esper.compiler.artifacts.weights import encode_weights
     from esper.compiler.ir.build import TORCH_DTYPES, BlueprintModule
     from esper.compiler.tiers import cache_artifacts, compile_and_check, inductor_bundle
@@ -149,7 +150,17 @@ def compile_job(args: dict[str, Any], data: bytes) -> JobResult:
         input_shape=validated.input_shape,
         input_dtype=dtype_name,
         input_requires_grad=True,
-        compile_options=dict(sorted({**result.options, "dynamic": str(dynamic).lower()}.items())),
+        # The seed decides the initial weights and this compiler's version its settings: both in the content address
+        compile_options=dict(
+            sorted(
+                {
+                    **result.options,
+                    "dynamic": str(dynamic).lower(),
+                    "seed": str(int(args["seed"])),
+                    "tezzeret": compiler_version(),
+                }.items()
+            )
+        ),
     )
     names = sorted(files)
     value = {

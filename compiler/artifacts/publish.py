@@ -25,7 +25,7 @@ from esper.compiler.artifacts.verify import VerifiedArtifact, load_verified
 from esper.proto.enums import CompilationStrategy
 from esper.safety.events import EventSink
 
-__all__ = ["ArtifactBuild", "publish"]
+__all__ = ["ArtifactBuild", "compiler_version", "publish"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ class ArtifactBuild:
         return artifact_id(self.ir, self.tier, self.reuse_key)
 
 
-def _compiler_version() -> str:
+def compiler_version() -> str:
+    """This Tezzeret's version (the installed distribution's)."""
     try:
         return metadata.version("esper-on-kafka")
     except metadata.PackageNotFoundError:
@@ -68,7 +69,7 @@ def publish(
             blueprint_id=build.blueprint_id,
             tier=build.tier,
             reuse_key=build.reuse_key,
-            compiler_version=_compiler_version(),
+            compiler_version=compiler_version(),
             has_backward=build.has_backward,
             created_at_ns=time.time_ns(),
             files=tuple(

@@ -73,7 +73,9 @@ def test_a_standard_artifact_carries_the_mega_cache_and_the_built_native_code(
     assert key["backend"] == "inductor" and key["fallback_random"] == "true" and key["dynamic"] == "true"
 
 
-def test_the_same_blueprint_and_seed_is_one_artifact(executor: SandboxExecutor, ring: KeyRing, tmp_path: Path) -> None:
+def test_the_same_blueprint_and_seed_is_one_artifact_and_another_seed_another(
+    executor: SandboxExecutor, ring: KeyRing, tmp_path: Path
+) -> None:
     store = LocalStore(tmp_path / "store")
     ids = {
         compile_blueprint(
@@ -82,6 +84,11 @@ def test_the_same_blueprint_and_seed_is_one_artifact(executor: SandboxExecutor, 
         for _ in range(2)
     }
     assert len(ids) == 1
+    other = compile_blueprint(
+        example("mlp.yaml"), S.EMERGENCY, executor=executor, store=store, ring=ring, sink=MemorySink(), seed=1
+    ).artifact
+    assert other.artifact_id not in ids  # another seed, other initial weights: another artifact
+    assert dict(other.manifest.reuse_key.compile_options)["seed"] == "1"
 
 
 def test_a_compile_past_its_time_is_a_typed_failure_and_nothing_is_stored(
