@@ -22,6 +22,7 @@ from esper.settings import load_settings
 from esper.streams.consumer import LeylineConsumer, Record
 from esper.streams.local.kafka_dist import KafkaDistribution
 from esper.streams.topics import CONTROL_PAUSE, SAFETY, TELEMETRY
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -42,15 +43,6 @@ class Host(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(self.slot(torch.relu(self.a(x))))
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def read_back(bootstrap: str, topic: str, keep: Callable[[Record], bool], want: int, timeout_s: float = 30.0) -> list:

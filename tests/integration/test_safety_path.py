@@ -12,7 +12,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,7 @@ from esper.streams.local.broker import LocalBroker
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import CONTROL_PAUSE, SAFETY
 from tests.conftest import own_broker
+from tests.polling import wait_for
 from tests.sinks import MemorySink
 
 pytestmark = pytest.mark.broker
@@ -45,15 +46,6 @@ REPO = Path(__file__).resolve().parents[2]
 def outage_broker() -> Iterator[LocalBroker]:
     with own_broker("outage-broker", 110) as broker:
         yield broker
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def safety_ids(bootstrap: str, instance: str, want: set[str], timeout_s: float = 60.0) -> list[str]:
