@@ -6,6 +6,8 @@ Pieces, one idea each:
   `ConservativeState`   frozen: active or not, the causes recorded, the last breaker states and resource samples;
   `observe_*`, `force`, `tick`  pure functions of (state, limits, observation, now) -> (state, transition or None);
   `effective_policy`    the `Policy` in force for a state;
+  `Nvml`, `sample_resources`  the readings fed to it: GPU utilisation and memory through NVML (ctypes, no package),
+                        reported absent (None) without a GPU, host memory through psutil then;
   `ConservativeModeController`  the thread-safe shell: reads the injected clock, feeds the core under its lock,
                         emits each transition as a SafetyEvent (ConservativeModeChanged) after releasing it, in order;
                         `watch(breaker)` follows a CircuitBreaker's transitions.
@@ -24,11 +26,15 @@ Kept free of Kafka and torch.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
+
+import psutil
 
 from esper.proto import leyline_pb2 as pb
 from esper.proto.enums import CircuitState, CompilationStrategy
@@ -47,7 +53,9 @@ __all__ = [
     "ConservativeModeController",
     "ConservativeState",
     "ConservativeTransition",
+    "Nvml",
     "Policy",
+    "ResourceSample",
     "Step",
     "cheaper_tier",
     "effective_policy",
@@ -56,6 +64,7 @@ __all__ = [
     "observe_compile_timeout",
     "observe_gpu",
     "observe_memory",
+    "sample_resources",
     "tick",
 ]
 
@@ -358,6 +367,89 @@ def tick(state: ConservativeState, limits: ConservativeLimits, now_ms: float) ->
     return _settle(state, limits, state, now_ms)
 
 
+class _NvmlUtilization(ctypes.Structure):
+    _fields_ = [("gpu", ctypes.c_uint), ("memory", ctypes.c_uint)]
+
+
+class _NvmlMemory(ctypes.Structure):
+    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+
+class Nvml:
+    """GPU readings through NVML (the driver's libnvidia-ml, loaded with ctypes: no Python package needed): the
+    device's utilisation, every process's work included, not Tezzeret's share alone. Absent (`available` False,
+    every reading None, `error` saying why) where the library cannot be loaded, no device has that index, or a call
+    fails: a machine without a GPU reports "no GPU", never a made-up figure. `library` may be a loaded library
+    (tests pass a double)."""
+
+    def __init__(self, index: int = 0, library: str | Any = "libnvidia-ml.so.1") -> None:
+        self.index = index
+        self.error = ""
+        self._lib: Any = None
+        self._handle = ctypes.c_void_p()
+        try:
+            lib = ctypes.CDLL(library) if isinstance(library, str) else library
+        except OSError as e:
+            self.error = f"NVML not loadable: {e}"
+            return
+        if self._call(lib, "nvmlInit_v2") and self._call(
+            lib, "nvmlDeviceGetHandleByIndex_v2", ctypes.c_uint(index), ctypes.byref(self._handle)
+        ):
+            self._lib = lib
+
+    def _call(self, lib: Any, name: str, *args: Any) -> bool:
+        try:
+            code = getattr(lib, name)(*args)
+        except (AttributeError, OSError, ctypes.ArgumentError) as e:
+            self.error = f"{name}: {e}"
+            return False
+        if code != 0:
+            self.error = f"{name} returned NVML error {code}"
+            return False
+        return True
+
+    @property
+    def available(self) -> bool:
+        return self._lib is not None
+
+    def utilisation_percent(self) -> float | None:
+        """The device's GPU utilisation over NVML's last sample period, in percent; None when absent."""
+        rates = _NvmlUtilization()
+        if self._lib is None:
+            return None
+        if not self._call(self._lib, "nvmlDeviceGetUtilizationRates", self._handle, ctypes.byref(rates)):
+            return None
+        return float(rates.gpu)
+
+    def memory_fraction(self) -> float | None:
+        """The fraction of the device's memory in use; None when absent."""
+        memory = _NvmlMemory()
+        if self._lib is None:
+            return None
+        if not self._call(self._lib, "nvmlDeviceGetMemoryInfo", self._handle, ctypes.byref(memory)):
+            return None
+        return memory.used / memory.total if memory.total else None
+
+
+@dataclass(frozen=True)
+class ResourceSample:
+    """One reading of the machine: GPU utilisation (None: no GPU or NVML absent) and the memory fraction in use, of
+    the GPU's memory where NVML reads one, else of the host's (`memory_source` says which)."""
+
+    gpu_percent: float | None
+    memory_fraction: float | None
+    memory_source: str
+
+
+def sample_resources(nvml: Nvml | None) -> ResourceSample:
+    """Read the GPU through `nvml` (None: none watched) and the memory that conservative mode's 80% rule is about."""
+    gpu = nvml.utilisation_percent() if nvml is not None else None
+    gpu_memory = nvml.memory_fraction() if nvml is not None else None
+    if gpu_memory is not None:
+        return ResourceSample(gpu, gpu_memory, "gpu")
+    return ResourceSample(gpu, psutil.virtual_memory().percent / 100, "host")
+
+
 class ConservativeModeController:
     """One Tezzeret's conservative mode: feeds observations to the pure core under a lock, emits every transition as
     a SafetyEvent (detail ConservativeModeChanged, subsystem "tezzeret") on its sink after releasing the lock, in the
@@ -395,6 +487,11 @@ class ConservativeModeController:
 
     def memory_sample(self, fraction: float | None) -> ConservativeTransition | None:
         return self._step(lambda s, now: observe_memory(s, self.limits, fraction, now))
+
+    def sample(self, sample: ResourceSample) -> tuple[ConservativeTransition, ...]:
+        """Feed one `ResourceSample` (GPU, then memory); the transitions it caused."""
+        found = (self.gpu_sample(sample.gpu_percent), self.memory_sample(sample.memory_fraction))
+        return tuple(t for t in found if t is not None)
 
     def force(self, on: bool, reason: str = "operator") -> ConservativeTransition | None:
         return self._step(lambda s, now: force(s, on, reason, now))

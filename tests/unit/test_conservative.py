@@ -16,6 +16,8 @@ from esper.compiler.conservative import (
     ConservativeLimits,
     ConservativeModeController,
     ConservativeState,
+    Nvml,
+    ResourceSample,
     Step,
     cheaper_tier,
     effective_policy,
@@ -24,6 +26,7 @@ from esper.compiler.conservative import (
     observe_compile_timeout,
     observe_gpu,
     observe_memory,
+    sample_resources,
     tick,
 )
 from esper.proto import leyline_pb2 as pb
@@ -368,3 +371,60 @@ def test_events_leave_in_the_order_of_the_transitions_under_contention() -> None
     assert states and states[0] is True
     assert all(a != b for a, b in itertools.pairwise(states))  # entered, left, entered, ...
     assert states[-1] is c.active
+
+
+# -- readings ------------------------------------------------------------------------------------------------
+
+
+class FakeNvml:
+    """A libnvidia-ml double: fills the structures passed by reference as the library does."""
+
+    def __init__(self, gpu: int = 37, used: int = 9, total: int = 10, fail: str = "") -> None:
+        self.gpu, self.used, self.total, self.fail = gpu, used, total, fail
+
+    def _code(self, name: str) -> int:
+        return 999 if name == self.fail else 0
+
+    def nvmlInit_v2(self) -> int:
+        return self._code("nvmlInit_v2")
+
+    def nvmlDeviceGetHandleByIndex_v2(self, index: object, handle: object) -> int:
+        return self._code("nvmlDeviceGetHandleByIndex_v2")
+
+    def nvmlDeviceGetUtilizationRates(self, handle: object, rates: object) -> int:
+        rates._obj.gpu = self.gpu  # type: ignore[attr-defined]
+        return self._code("nvmlDeviceGetUtilizationRates")
+
+    def nvmlDeviceGetMemoryInfo(self, handle: object, memory: object) -> int:
+        memory._obj.used, memory._obj.total = self.used, self.total  # type: ignore[attr-defined]
+        return self._code("nvmlDeviceGetMemoryInfo")
+
+
+def test_no_nvml_library_is_reported_absent_and_memory_is_the_hosts() -> None:
+    nvml = Nvml(library="libnvidia-ml-that-does-not-exist.so.1")
+    assert not nvml.available and "not loadable" in nvml.error
+    assert nvml.utilisation_percent() is None and nvml.memory_fraction() is None
+    sample = sample_resources(nvml)
+    assert sample.gpu_percent is None and sample.memory_source == "host"
+    assert sample.memory_fraction is not None and 0 < sample.memory_fraction < 1
+    assert sample_resources(None).gpu_percent is None
+
+
+def test_nvml_readings_and_failures() -> None:
+    nvml = Nvml(library=FakeNvml())
+    assert nvml.available and nvml.utilisation_percent() == 37.0 and nvml.memory_fraction() == 0.9
+    assert sample_resources(nvml) == ResourceSample(37.0, 0.9, "gpu")
+    assert not Nvml(library=FakeNvml(fail="nvmlInit_v2")).available
+    no_device = Nvml(library=FakeNvml(fail="nvmlDeviceGetHandleByIndex_v2"))
+    assert not no_device.available and "error 999" in no_device.error
+    broken = Nvml(library=FakeNvml(fail="nvmlDeviceGetUtilizationRates"))
+    assert broken.available and broken.utilisation_percent() is None
+
+
+def test_the_shell_takes_a_sample() -> None:
+    c, _, sink = controller()
+    assert c.sample(ResourceSample(None, 0.5, "host")) == ()
+    (entered,) = c.sample(sample_resources(Nvml(library=FakeNvml(gpu=50, used=9, total=10))))
+    assert entered.active and entered.causes[0].kind is CauseKind.MEMORY_HIGH
+    assert c.state.gpu_percent == 50.0 and c.state.gpu_high_since_ms == 0
+    assert [e.conservative_mode.reasons[0] for e in sink.of_kind("conservative_mode")] == ["memory 90% above 80%"]
