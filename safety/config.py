@@ -23,7 +23,7 @@ from pydantic_settings import (
 
 from esper.safety.exceptions import ConfigError
 
-__all__ = ["AlphaSchedule", "GraftingConfig", "ProductionSafetyConfig"]
+__all__ = ["AlphaSchedule", "FrozenConfig", "GraftingConfig", "ProductionSafetyConfig"]
 
 AlphaSchedule = Literal["linear", "cosine", "sigmoid"]
 
@@ -38,11 +38,12 @@ class _Load:
 _LOADING: ContextVar[_Load | None] = ContextVar("_LOADING", default=None)
 
 
-class _FrozenConfig(BaseSettings):
+class FrozenConfig(BaseSettings):
     """Shared behaviour: frozen, no unknown keys, one ConfigError for field errors and rule violations alike.
 
     Constructed directly, a config holds exactly the values given and the defaults (a config written in code, or a
     component's default, does not change with the shell it runs in); `load` adds the file and the environment.
+    Fields may be nested models (sections): errors and rules then name a field by its dotted path.
     """
 
     model_config = SettingsConfigDict(frozen=True, extra="forbid")
@@ -65,7 +66,7 @@ class _FrozenConfig(BaseSettings):
             return (init_settings,)
         if loading.file is None:
             return (init_settings, env_settings)
-        return (init_settings, env_settings, _file_source(settings_cls, loading.file, cls.FILE_SECTION))
+        return (init_settings, env_settings, _file_source(cls, loading.file, cls.FILE_SECTION))
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Self:
@@ -83,17 +84,17 @@ class _FrozenConfig(BaseSettings):
             model = handler(data)
         except ValidationError as e:
             errors = e.errors()
-            problems = [f"{'.'.join(str(p) for p in err['loc']) or '(config)'}: {err['msg']}" for err in errors]
+            problems = [f"{'.'.join(str(p) for p in err['loc']) or '(config)'}: {_message(err)}" for err in errors]
             # The rules still run, on the fields that did validate (the bad ones at their defaults): a rule that
             # reads a bad field is skipped, since its verdict would be about the default, not the given value.
-            bad = {str(err["loc"][0]) for err in errors if err["loc"]}
+            bad = {tuple(str(p) for p in err["loc"]) for err in errors if err["loc"]}
             if isinstance(data, Mapping):
                 try:
-                    rest = handler({k: v for k, v in data.items() if k not in bad})
+                    rest = handler(_without(data, bad))
                 except ValidationError:
                     rest = None
                 if rest is not None:
-                    problems += rest.violations(skip=bad)
+                    problems += rest.violations(skip={".".join(path) for path in bad})
             raise ConfigError(cls.__name__, problems) from None
         problems = model.violations()
         if problems:
@@ -101,35 +102,93 @@ class _FrozenConfig(BaseSettings):
         return model
 
     def violations(self, skip: set[str] | frozenset[str] = frozenset()) -> list[str]:
-        """Every rule this config breaks (empty when valid), leaving out the rules that read a field in `skip`."""
-        return [message for fields, message in self._broken_rules() if skip.isdisjoint(fields)]
+        """Every rule this config breaks (empty when valid), leaving out the rules that read a field in `skip` (dotted
+        paths: a rule reading `a.b` is left out for `a`, `a.b` or `a.b.c`)."""
+        return [
+            message
+            for fields, message in self._broken_rules()
+            if not any(_overlaps(field, bad) for field in fields for bad in skip)
+        ]
 
     def _broken_rules(self) -> Iterator[tuple[tuple[str, ...], str]]:
-        """(the fields a broken rule reads, its message) for every rule this config breaks."""
+        """(the fields a broken rule reads, dotted for a section's field, and its message) for every rule broken."""
         yield from ()
 
+    @classmethod
+    def _file_data(cls, path: Path) -> object:
+        """The parsed contents of a config file: TOML by its suffix, else JSON (a subclass may read more kinds). Raises
+        ConfigError when the file cannot be read or parsed."""
+        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+        try:
+            if kind == "TOML":
+                return TomlConfigSettingsSource(cls, toml_file=path).toml_data
+            return JsonConfigSettingsSource(cls, json_file=path).json_data
+        except OSError as e:
+            raise ConfigError(path.name, [f"cannot read {path}: {e}"]) from e
+        # ValueError: bad syntax or encoding; TypeError, AttributeError: a JSON top level that is not an object
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ConfigError(path.name, [f"{path} is not a {kind} table of settings: {e}"]) from e
 
-def _file_source(settings_cls: type[BaseSettings], path: Path, section: str) -> PydanticBaseSettingsSource:
-    """The values of a TOML (by its suffix) or JSON file: its table named `section` when it has one, else its top
-    level. A file that is missing, unreadable or not a table of settings is a ConfigError."""
-    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "extra_forbidden": "unknown key",
+}
+
+
+def _message(error: Any) -> str:
+    """A field error in a few words: pydantic's message, shortened for bounds and unknown keys."""
+    template = _MESSAGES.get(error["type"])
+    if template is not None:
+        return template.format(**error.get("ctx", {}))
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _without(data: Mapping[str, Any], paths: set[tuple[str, ...]]) -> dict[str, Any]:
+    """`data` less the values at `paths` (a path into a value that is not a mapping drops that whole value)."""
+    out = dict(data)
+    heads: dict[str, set[tuple[str, ...]]] = {}
+    for head, *rest in paths:
+        heads.setdefault(head, set()).add(tuple(rest))
+    for head, rests in heads.items():
+        if head not in out:
+            continue
+        if () in rests or not isinstance(out[head], Mapping):
+            del out[head]
+        else:
+            out[head] = _without(out[head], rests)
+    return out
+
+
+def _overlaps(field: str, bad: str) -> bool:
+    """Whether a rule reading the dotted path `field` reads what failed at the dotted path `bad`."""
+    return field == bad or field.startswith(bad + ".") or bad.startswith(field + ".")
+
+
+def _file_source(settings_cls: type[FrozenConfig], path: Path, section: str) -> PydanticBaseSettingsSource:
+    """The values of a config file (see `FrozenConfig._file_data`): its table named `section` when it has one (that
+    must be a table), else its top level. A file that is missing, unreadable or not a table of settings is a
+    ConfigError."""
     if not path.is_file():
         raise ConfigError(path.name, [f"cannot read {path}: no such file"])
-    try:
-        if kind == "TOML":
-            data = TomlConfigSettingsSource(settings_cls, toml_file=path).toml_data
-        else:
-            data = JsonConfigSettingsSource(settings_cls, json_file=path).json_data
-    except OSError as e:
-        raise ConfigError(path.name, [f"cannot read {path}: {e}"]) from e
-    # ValueError: bad syntax or encoding; TypeError, AttributeError: a JSON top level that is not an object
-    except (ValueError, TypeError, AttributeError) as e:
-        raise ConfigError(path.name, [f"{path} is not a {kind} table of settings: {e}"]) from e
-    table = data.get(section)
-    return InitSettingsSource(settings_cls, table if isinstance(table, dict) else data)
+    data = settings_cls._file_data(path)
+    if not isinstance(data, dict):
+        raise ConfigError(path.name, [f"{path} is not a table of settings: its top level is {type(data).__name__}"])
+    if not section or section not in data:
+        return InitSettingsSource(settings_cls, data)
+    table = data[section]
+    if table is None:  # the section's name with nothing under it (YAML, JSON null): the defaults
+        return InitSettingsSource(settings_cls, {})
+    if not isinstance(table, dict):
+        raise ConfigError(path.name, [f"{section}: must be a table of settings, not {type(table).__name__}"])
+    return InitSettingsSource(settings_cls, table)
 
 
-class ProductionSafetyConfig(_FrozenConfig):
+class ProductionSafetyConfig(FrozenConfig):
     """Every safety switch and limit of a production Kasmina, with the spec's defaults and `validate_config` rules."""
 
     model_config = SettingsConfigDict(env_prefix="ESPER_SAFETY_")
@@ -237,7 +296,7 @@ class ProductionSafetyConfig(_FrozenConfig):
         return True
 
 
-class GraftingConfig(_FrozenConfig):
+class GraftingConfig(FrozenConfig):
     """How a seed is grafted: the spec's defaults, plus the alpha schedule used while blending."""
 
     model_config = SettingsConfigDict(env_prefix="ESPER_GRAFTING_")
