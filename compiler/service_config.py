@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from esper.compiler.conservative import CONSERVATIVE_POLICY, NORMAL_POLICY, ConservativeLimits
-from esper.compiler.ir.load import _SafeLoader
+from esper.compiler.ir.load import HardenedYamlLoader
 from esper.proto.enums import CompilationStrategy
 from esper.safety.breaker import CircuitBreakerConfig
 from esper.safety.config import FrozenConfig
@@ -226,7 +226,7 @@ class TezzeretConfig(FrozenConfig):
         if len(raw) > MAX_FILE_BYTES:
             raise ConfigError(path.name, [f"{path} is over the limit of {MAX_FILE_BYTES} bytes"])
         try:
-            data = yaml.load(raw.decode("utf-8"), _SafeLoader)
+            data = yaml.load(raw.decode("utf-8"), HardenedYamlLoader)
         except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
             raise ConfigError(path.name, [f"{path} is not valid YAML: {e}"]) from e
         return {} if data is None else data  # an empty file, or only comments: the defaults

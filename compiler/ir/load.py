@@ -25,7 +25,7 @@ from esper.compiler.ir.limits import ValidationLimits
 from esper.compiler.ir.schema import OPS, AttrKind, AttrValue, to_attribute
 from esper.proto import leyline_pb2 as pb
 
-__all__ = ["load_blueprint", "parse_blueprint"]
+__all__ = ["HardenedYamlLoader", "load_blueprint", "parse_blueprint"]
 
 _TOP = {"blueprint_id", "name", "ir_version", "input", "nodes", "output", "metadata", "author", "created_at"}
 _NODE = {"id", "op", "inputs", "attrs"}
@@ -33,7 +33,7 @@ _PROTO_MARKS = {"blueprintId", "irVersion", "createdAt"}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
-class _SafeLoader(yaml.SafeLoader):
+class HardenedYamlLoader(yaml.SafeLoader):
     """SafeLoader that refuses anchors, aliases and duplicate keys."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
@@ -83,7 +83,7 @@ def parse_blueprint(
     document of more than max_nodes nodes is refused before any node is converted."""
     try:
         text = raw.decode("utf-8")
-        data = json.loads(text, object_pairs_hook=_no_duplicates) if as_json else yaml.load(text, _SafeLoader)
+        data = json.loads(text, object_pairs_hook=_no_duplicates) if as_json else yaml.load(text, HardenedYamlLoader)
     except (UnicodeDecodeError, ValueError, yaml.YAMLError, RecursionError) as e:
         raise BlueprintLoadError([BlueprintProblem(where, f"not valid {'JSON' if as_json else 'YAML'}: {e}")]) from e
     if not isinstance(data, dict):
