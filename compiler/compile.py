@@ -86,7 +86,8 @@ def compile_blueprint(
     args = {"strategy": strategy.name, "seed": seed}
     timeout = TIERS[strategy].timeout_s
     limits = limits or JobLimits(timeout_s=timeout, cpu_s=max(1, int(timeout * 2)))  # CPU: both cores busy
-    outcome = executor.run(COMPILE_JOB, args, canonical_bytes(validated), limits=limits)
+    ir = canonical_bytes(validated)
+    outcome = executor.run(COMPILE_JOB, args, ir, limits=limits)
     if not outcome.ok:
         assert outcome.failure is not None
         raise CompileFailedError(outcome.failure, outcome.message)
@@ -94,7 +95,7 @@ def compile_blueprint(
     build = ArtifactBuild(
         blueprint_id=validated.ir.blueprint_id,
         tier=strategy,
-        ir=canonical_bytes(validated),
+        ir=ir,
         reuse_key=ReuseKey.from_json(value["reuse_key"]),
         weights=blobs.pop("weights"),
         compiled=blobs,

@@ -23,6 +23,7 @@ import torch
 
 from esper.compiler.artifacts.address import ReuseKey, current_reuse_key
 from esper.compiler.artifacts.keys import KeyRing
+from esper.compiler.artifacts.manifest import COMPILED_DIR
 from esper.compiler.artifacts.store import ArtifactStore
 from esper.compiler.artifacts.verify import VerifiedArtifact, load_verified
 from esper.compiler.compile import INDUCTOR_BUNDLE, MEGACACHE
@@ -36,7 +37,6 @@ from esper.safety.seed import SeedSlot
 
 __all__ = ["GraftReport", "graft", "graft_artifact", "local_recompiles", "reuse_mismatches"]
 
-_COMPILED = "compiled/"
 _counts_lock = threading.Lock()
 _local_recompiles = 0
 
@@ -136,13 +136,13 @@ def _install(artifact: VerifiedArtifact) -> tuple[str, ...]:
     """The artifact's compiled code into this process's caches: the inductor cache bundle unpacked into inductor's
     cache directory (the built native code), then the Mega-Cache loaded (its entries point at that code)."""
     installed = []
-    bundle = artifact.files.get(_COMPILED + INDUCTOR_BUNDLE)
+    bundle = artifact.files.get(f"{COMPILED_DIR}/{INDUCTOR_BUNDLE}")
     if bundle is not None:
         from torch._inductor.runtime.cache_dir_utils import cache_dir
 
         _unpack(bundle, Path(cache_dir()))
         installed.append(INDUCTOR_BUNDLE)
-    megacache = artifact.files.get(_COMPILED + MEGACACHE)
+    megacache = artifact.files.get(f"{COMPILED_DIR}/{MEGACACHE}")
     if megacache is not None:
         torch.compiler.load_cache_artifacts(megacache)
         installed.append(MEGACACHE)

@@ -26,6 +26,7 @@ At start the client publishes the machine's hardware timing profile once (`timin
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hmac
 import logging
@@ -280,8 +281,7 @@ class KasminaClient:
                 self._sent_upto = seq
                 continue
             # The event id is the message id too: a consumer drops a redelivered event by either.
-            envelope = self._safety_producer.envelope_for(event)
-            envelope = type(envelope)(**{**envelope.__dict__, "message_id": event.event_id})
+            envelope = dataclasses.replace(self._safety_producer.envelope_for(event), message_id=event.event_id)
             self._in_flight[seq] = False  # before the send: its report may come at once
             sent = self._safety_producer.try_send(
                 SAFETY.name,

@@ -64,9 +64,15 @@ _SECRET_PAIR = re.compile(
 
 def redact_message(message: Message) -> Message | None:
     """A copy of `message` with every non-empty secret field (at any depth) replaced; None when it holds none."""
+    return _redacted(message)[0]
+
+
+def _redacted(message: Message) -> tuple[Message | None, list[str]]:
+    """A redacted copy (None when there was nothing to redact) and the secret values it held."""
     copy = type(message)()
     copy.CopyFrom(message)
-    return copy if _redact_in_place(copy, []) else None
+    found: list[str] = []
+    return (copy if _redact_in_place(copy, found) else None), found
 
 
 def _redact_in_place(message: Message, found: list[str]) -> bool:
@@ -104,12 +110,8 @@ def redact_value(
         text = value.decode("utf-8", errors="surrogateescape")
         masked = redact_text(text)
         return (None if masked == text else masked.encode("utf-8", errors="surrogateescape")), []
-    clean = type(decoded.message)()
-    clean.CopyFrom(decoded.message)
-    found: list[str] = []
-    if not _redact_in_place(clean, found):
-        return None, []
-    return encode_payload(clean, decoded.envelope.content_type), found
+    clean, found = _redacted(decoded.message)
+    return (None, []) if clean is None else (encode_payload(clean, decoded.envelope.content_type), found)
 
 
 def redact_header(name: str, value: bytes) -> bytes:

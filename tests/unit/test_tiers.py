@@ -63,7 +63,7 @@ def test_a_cheap_tier_proves_forward_and_backward_against_eager(strategy: S) -> 
     assert torch.allclose(compiled(x), module(x))  # the compiled module is the module
 
 
-def test_inductor_tiers_prove_the_block_and_leave_compiled_code_to_ship(tmp_path: Path) -> None:
+def test_inductor_tiers_prove_the_block_and_leave_compiled_code_to_ship() -> None:
     for strategy in (S.STANDARD, S.AGGRESSIVE):
         torch._dynamo.reset()
         _, result = compile_and_check(block(), torch.randn(4, 16), strategy)
