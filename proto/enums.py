@@ -14,6 +14,7 @@ __all__ = [
     "MetricType",
     "PauseAction",
     "QuotaOutcome",
+    "RequestKind",
     "SeedStage",
     "TelemetryLevel",
 ]
@@ -122,3 +123,11 @@ class PauseAction(enum.IntEnum):
 
     ENTER = 1
     EXIT = 2
+
+
+class RequestKind(enum.IntEnum):
+    """leyline.RequestKind"""
+
+    BLUEPRINT = 1
+    COMPILATION = 2
+    EMERGENCY = 3

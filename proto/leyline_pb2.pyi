@@ -105,6 +105,13 @@ class PauseAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAUSE_ACTION_UNSPECIFIED: _ClassVar[PauseAction]
     PAUSE_ENTER: _ClassVar[PauseAction]
     PAUSE_EXIT: _ClassVar[PauseAction]
+
+class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REQUEST_KIND_UNSPECIFIED: _ClassVar[RequestKind]
+    REQUEST_BLUEPRINT: _ClassVar[RequestKind]
+    REQUEST_COMPILATION: _ClassVar[RequestKind]
+    REQUEST_EMERGENCY: _ClassVar[RequestKind]
 TELEMETRY_LEVEL_UNSPECIFIED: TelemetryLevel
 TELEMETRY_DEBUG: TelemetryLevel
 TELEMETRY_INFO: TelemetryLevel
@@ -170,6 +177,10 @@ QUOTA_DENIED: QuotaOutcome
 PAUSE_ACTION_UNSPECIFIED: PauseAction
 PAUSE_ENTER: PauseAction
 PAUSE_EXIT: PauseAction
+REQUEST_KIND_UNSPECIFIED: RequestKind
+REQUEST_BLUEPRINT: RequestKind
+REQUEST_COMPILATION: RequestKind
+REQUEST_EMERGENCY: RequestKind
 SECRET_FIELD_NUMBER: _ClassVar[int]
 secret: _descriptor.FieldDescriptor
 
@@ -670,7 +681,7 @@ class EmergencyCompile(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., blueprint_id: _Optional[str] = ..., blueprint: _Optional[_Union[BlueprintIR, _Mapping]] = ..., requestor: _Optional[str] = ..., reason: _Optional[str] = ..., authorization_token: _Optional[str] = ..., device: _Optional[str] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
 
 class CompilationResult(_message.Message):
-    __slots__ = ("request_id", "blueprint_id", "success", "strategy", "artifact_id", "failure_reason", "error", "queue_ms", "compile_ms", "total_ms", "cache_level", "conservative_mode", "worker_id", "completed_at", "requestor")
+    __slots__ = ("request_id", "blueprint_id", "success", "strategy", "artifact_id", "failure_reason", "error", "queue_ms", "compile_ms", "total_ms", "cache_level", "conservative_mode", "worker_id", "completed_at", "requestor", "strategy_reason")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BLUEPRINT_ID_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
@@ -686,6 +697,7 @@ class CompilationResult(_message.Message):
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
     REQUESTOR_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_REASON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     blueprint_id: str
     success: bool
@@ -701,7 +713,8 @@ class CompilationResult(_message.Message):
     worker_id: str
     completed_at: _timestamp_pb2.Timestamp
     requestor: str
-    def __init__(self, request_id: _Optional[str] = ..., blueprint_id: _Optional[str] = ..., success: _Optional[bool] = ..., strategy: _Optional[_Union[CompilationStrategy, str]] = ..., artifact_id: _Optional[str] = ..., failure_reason: _Optional[_Union[FailureReason, str]] = ..., error: _Optional[str] = ..., queue_ms: _Optional[int] = ..., compile_ms: _Optional[int] = ..., total_ms: _Optional[int] = ..., cache_level: _Optional[_Union[CacheLevel, str]] = ..., conservative_mode: _Optional[bool] = ..., worker_id: _Optional[str] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requestor: _Optional[str] = ...) -> None: ...
+    strategy_reason: str
+    def __init__(self, request_id: _Optional[str] = ..., blueprint_id: _Optional[str] = ..., success: _Optional[bool] = ..., strategy: _Optional[_Union[CompilationStrategy, str]] = ..., artifact_id: _Optional[str] = ..., failure_reason: _Optional[_Union[FailureReason, str]] = ..., error: _Optional[str] = ..., queue_ms: _Optional[int] = ..., compile_ms: _Optional[int] = ..., total_ms: _Optional[int] = ..., cache_level: _Optional[_Union[CacheLevel, str]] = ..., conservative_mode: _Optional[bool] = ..., worker_id: _Optional[str] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requestor: _Optional[str] = ..., strategy_reason: _Optional[str] = ...) -> None: ...
 
 class CompilationComplete(_message.Message):
     __slots__ = ("request_id", "blueprint_id", "artifact_id", "strategy", "artifact_sha256", "store_uri", "compile_ms", "completed_at")
@@ -798,6 +811,46 @@ class RecordHeader(_message.Message):
     key: str
     value: bytes
     def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("request_id", "kind", "requestor", "blueprint_id", "origin_topic", "origin_partition", "origin_offset", "authorized", "success", "failure_reason", "strategy", "strategy_reason", "artifact_id", "cache_level", "worker_id", "error", "at", "dead_lettered")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REQUESTOR_FIELD_NUMBER: _ClassVar[int]
+    BLUEPRINT_ID_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZED_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_REASON_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    CACHE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    kind: RequestKind
+    requestor: str
+    blueprint_id: str
+    origin_topic: str
+    origin_partition: int
+    origin_offset: int
+    authorized: bool
+    success: bool
+    failure_reason: FailureReason
+    strategy: CompilationStrategy
+    strategy_reason: str
+    artifact_id: str
+    cache_level: CacheLevel
+    worker_id: str
+    error: str
+    at: _timestamp_pb2.Timestamp
+    dead_lettered: bool
+    def __init__(self, request_id: _Optional[str] = ..., kind: _Optional[_Union[RequestKind, str]] = ..., requestor: _Optional[str] = ..., blueprint_id: _Optional[str] = ..., origin_topic: _Optional[str] = ..., origin_partition: _Optional[int] = ..., origin_offset: _Optional[int] = ..., authorized: _Optional[bool] = ..., success: _Optional[bool] = ..., failure_reason: _Optional[_Union[FailureReason, str]] = ..., strategy: _Optional[_Union[CompilationStrategy, str]] = ..., strategy_reason: _Optional[str] = ..., artifact_id: _Optional[str] = ..., cache_level: _Optional[_Union[CacheLevel, str]] = ..., worker_id: _Optional[str] = ..., error: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dead_lettered: _Optional[bool] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("origin_topic", "origin_partition", "origin_offset", "origin_key", "origin_value", "origin_value_truncated", "origin_headers", "origin_timestamp_ms", "error_type", "error", "consumer_group", "failed_at", "origin_key_truncated", "origin_headers_truncated", "origin_value_redacted")

@@ -102,6 +102,15 @@ DEADLETTER = TopicSpec(
     "the undecodable record, its origin and the error; nothing is dropped silently",
 )
 
+AUDIT = TopicSpec(
+    "leyline.audit",
+    (pb.AuditRecord,),
+    "request id",
+    1,
+    {"retention.ms": str(90 * DAY_MS)},
+    "every compilation request Tezzeret took: requestor, origin, outcome",
+)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     BLUEPRINTS,
     COMPILATION_REQUESTS,
@@ -112,6 +121,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     SAFETY,
     CONTROL_PAUSE,
     DEADLETTER,
+    AUDIT,
 )
 TOPICS_BY_NAME: dict[str, TopicSpec] = {t.name: t for t in ALL_TOPICS}
 

@@ -23,6 +23,7 @@ DESIGN_TOPICS = {
     "leyline.safety",
     "leyline.control.pause",
     "leyline.deadletter",
+    "leyline.audit",  # Tezzeret's audit of every request (the forge spec's security section)
 }
 
 
