@@ -71,6 +71,14 @@ def samples() -> dict[type, object]:
             origin_value=b"\xff\x00",
             error_type="MalformedPayloadError",
         ),
+        pb.AuditRecord: pb.AuditRecord(
+            request_id="r1",
+            kind=pb.REQUEST_EMERGENCY,
+            requestor="tamiyo",
+            origin_topic="leyline.compilation.emergency",
+            authorized=False,
+            failure_reason=pb.FAILURE_UNAUTHORIZED,
+        ),
     }
 
 
