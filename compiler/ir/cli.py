@@ -1,20 +1,35 @@
-"""`esper blueprint ...`: check blueprint files before they are submitted.
+"""`esper blueprint ...`: check blueprint files, and submit them to Tezzeret.
 
 Imports stay inside the command: `esper` starts fast for every other subcommand.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
+import time
+import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+if TYPE_CHECKING:
+    from esper.compiler.ir.validate import ValidatedBlueprint
+    from esper.proto import leyline_pb2 as pb
+    from esper.streams.consumer import LeylineConsumer
+
 __all__ = ["app"]
 
-app = typer.Typer(help="Blueprints: validate a blueprint file (YAML or JSON).", no_args_is_help=True)
+app = typer.Typer(
+    help="Blueprints: validate a blueprint file (YAML or JSON), submit it to Tezzeret.", no_args_is_help=True
+)
+
+# Results are read from this long before the submission, so a service whose clock is behind ours is still heard.
+_CLOCK_SKEW_MS = 10_000
+# Only what the service's transactions committed: an aborted compile's result is never seen.
+_READ_COMMITTED: dict[str, Any] = {"isolation.level": "read_committed"}
 
 
 @app.command("validate")
@@ -27,24 +42,10 @@ def validate(
 ) -> None:
     """Exit 0 with every node's inferred shape, the parameter count, FLOPs per sample and activation memory;
     exit 1 with every problem, by node id."""
-    from esper.compiler.exceptions import BlueprintError
     from esper.compiler.ir.canonical import content_hash
-    from esper.compiler.ir.load import load_blueprint
-    from esper.compiler.ir.validate import SecurityValidator
     from esper.proto import leyline_pb2 as pb
 
-    try:
-        blueprint = SecurityValidator().validate(load_blueprint(file), seed_slot=seed_slot)
-    except BlueprintError as e:
-        problems = [{"node": p.node, "problem": p.problem} for p in e.problems]
-        if as_json:
-            sys.stdout.write(json.dumps({"ok": False, "problems": problems, "more": e.more}, indent=2) + "\n")
-        else:
-            sys.stdout.write(f"{file}: {len(problems) + e.more} problem(s)\n")
-            sys.stdout.writelines(f"  {p['node']}: {p['problem']}\n" for p in problems)
-            if e.more:
-                sys.stdout.write(f"  ... and {e.more} more\n")
-        raise typer.Exit(1) from e
+    blueprint = _load_valid(file, seed_slot=seed_slot, as_json=as_json)
     report = {"ok": True, "sha256": content_hash(blueprint), **blueprint.to_json()}
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
@@ -63,3 +64,140 @@ def validate(
         f"activation memory per sample {blueprint.activation_bytes} bytes\n"
         f"sha256 {report['sha256']}\n"
     )
+
+
+def _load_valid(file: Path, *, seed_slot: bool, as_json: bool) -> ValidatedBlueprint:
+    """The blueprint in `file`, validated; when it is not one, every problem is printed, by node id, and exit 1."""
+    from esper.compiler.exceptions import BlueprintError
+    from esper.compiler.ir.load import load_blueprint
+    from esper.compiler.ir.validate import SecurityValidator
+
+    try:
+        return SecurityValidator().validate(load_blueprint(file), seed_slot=seed_slot)
+    except BlueprintError as e:
+        problems = [{"node": p.node, "problem": p.problem} for p in e.problems]
+        if as_json:
+            sys.stdout.write(json.dumps({"ok": False, "problems": problems, "more": e.more}, indent=2) + "\n")
+        else:
+            sys.stdout.write(f"{file}: {len(problems) + e.more} problem(s)\n")
+            sys.stdout.writelines(f"  {p['node']}: {p['problem']}\n" for p in problems)
+            if e.more:
+                sys.stdout.write(f"  ... and {e.more} more\n")
+        raise typer.Exit(1) from e
+
+
+@app.command("submit")
+def submit(
+    file: Annotated[Path, typer.Argument(help="A blueprint file, read and validated as `validate` does.")],
+    strategy: Annotated[
+        str | None, typer.Option(help="emergency, fast, standard or aggressive (default: the service chooses).")
+    ] = None,
+    priority: Annotated[int | None, typer.Option(help="Higher is compiled first (default 0).")] = None,
+    deadline_ms: Annotated[
+        int | None, typer.Option("--deadline-ms", help="Milliseconds from now by which it must be answered.")
+    ] = None,
+    requestor: Annotated[str | None, typer.Option(help="Who asks (default cli:<user>).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the CompilationResult and print it.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits for the result.")] = 600.0,
+) -> None:
+    """Validate FILE, then send it to Tezzeret: as a BlueprintIR on leyline.blueprints (the service's default tier),
+    or, with --strategy, --priority, --deadline-ms or --requestor, as a CompilationRequest carrying it on
+    leyline.compilation.requests. Prints where it landed and its request id as one JSON line. With --wait, then
+    prints the CompilationResult of that request id (proto3 JSON, one line): exit 0 when it succeeded, 1 when it
+    failed, 3 when none came within --timeout. An invalid file exits 1 before anything is sent."""
+    from google.protobuf import json_format
+
+    from esper.compiler.ir.canonical import content_hash
+    from esper.proto import leyline_pb2 as pb
+    from esper.proto.enums import CompilationStrategy
+    from esper.settings import load_settings
+    from esper.streams.admin import ensure_topic
+    from esper.streams.consumer import LeylineConsumer
+    from esper.streams.local.cluster import bootstrap_servers
+    from esper.streams.producer import LeylineProducer
+    from esper.streams.topics import BLUEPRINTS, COMPILATION_REQUESTS, COMPILATION_RESULTS
+
+    tier = None
+    if strategy is not None:
+        try:
+            tier = CompilationStrategy[strategy.upper()]
+        except KeyError:
+            names = ", ".join(s.name.lower() for s in CompilationStrategy)
+            raise typer.BadParameter(f"{strategy!r} is not one of {names}", param_hint="--strategy") from None
+    blueprint = _load_valid(file, seed_slot=True, as_json=False)
+    ir = blueprint.ir
+    message: pb.BlueprintIR | pb.CompilationRequest = ir
+    topic = BLUEPRINTS.name
+    if any(option is not None for option in (strategy, priority, deadline_ms, requestor)):
+        message = pb.CompilationRequest(
+            request_id=uuid.uuid4().hex,
+            blueprint_id=ir.blueprint_id,
+            strategy=int(tier or 0),  # type: ignore[arg-type]  # an int is what the field holds
+            priority=priority or 0,
+            requestor=requestor if requestor is not None else f"cli:{_user()}",
+            blueprint=ir,
+            deadline_ms=deadline_ms or 0,
+        )
+        message.requested_at.GetCurrentTime()
+        topic = COMPILATION_REQUESTS.name
+    bootstrap = bootstrap_servers(load_settings().cluster())
+    ensure_topic(bootstrap, topic)
+    results = None
+    if wait:  # reading from before the record is sent, so its result cannot slip by
+        since_ms = time.time_ns() // 1_000_000 - _CLOCK_SKEW_MS
+        results = LeylineConsumer.from_time(
+            bootstrap,
+            f"esper-cli-submit-{uuid.uuid4().hex[:8]}",
+            COMPILATION_RESULTS.name,
+            since_ms,
+            **_READ_COMMITTED,
+        )
+    try:
+        producer = LeylineProducer(bootstrap, producer_id="esper-cli")
+        envelope = producer.envelope_for(message)
+        try:
+            # The topics are keyed by blueprint id; an anonymous blueprint by its content hash.
+            sent = producer.send_sync(topic, message, ir.blueprint_id or content_hash(blueprint), envelope=envelope)
+        finally:
+            producer.close()
+        # The service's contract: a blueprint record is answered under its message id, a request under its own id.
+        request_id = message.request_id if isinstance(message, pb.CompilationRequest) else envelope.message_id
+        line = {"topic": sent.topic(), "partition": sent.partition(), "offset": sent.offset(), "request_id": request_id}
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+        if results is None:
+            return
+        result = _await_result(results, request_id, timeout)
+    finally:
+        if results is not None:
+            results.close()
+    if result is None:
+        sys.stderr.write(f"no CompilationResult for request {request_id} within {timeout:g} s\n")
+        raise typer.Exit(3)
+    sys.stdout.write(json_format.MessageToJson(result, preserving_proto_field_name=True, indent=None) + "\n")
+    if not result.success:
+        raise typer.Exit(1)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no password entry (a bare container)
+        return "unknown"
+
+
+def _await_result(results: LeylineConsumer, request_id: str, timeout_s: float) -> pb.CompilationResult | None:
+    """The first CompilationResult for `request_id` read within timeout_s, or None."""
+    from esper.proto import leyline_pb2 as pb
+    from esper.streams.consumer import Record
+
+    found: list[pb.CompilationResult] = []
+
+    def match(record: Record) -> None:
+        if isinstance(record.message, pb.CompilationResult) and record.message.request_id == request_id:
+            found.append(record.message)
+
+    deadline = time.monotonic() + timeout_s
+    while not found and (left := deadline - time.monotonic()) > 0:
+        results.poll_once(match, timeout_s=min(0.5, left))
+    return found[0] if found else None
