@@ -37,6 +37,7 @@ __all__ = [
     "TierError",
     "UnexpectedFileError",
     "UnknownKeyError",
+    "UnsupportedStoreError",
     "WalClosedError",
     "WalCorruptionError",
     "WalError",
@@ -127,6 +128,10 @@ class InvalidArtifactIdError(ArtifactError, ValueError):
 
 class ArtifactNotFoundError(ArtifactError):
     """The store holds no artifact with this id."""
+
+
+class UnsupportedStoreError(ArtifactError, ValueError):
+    """A store URI this build cannot open: only file stores (a path or a file:// URI) are offered."""
 
 
 class KeyRingError(ArtifactError):

@@ -10,6 +10,7 @@ import errno
 import os
 import shutil
 import stat
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,10 +18,10 @@ from typing import Protocol
 
 from esper.compiler.artifacts.address import check_artifact_id
 from esper.compiler.artifacts.durable import write_new_file
-from esper.compiler.exceptions import ArtifactNotFoundError
+from esper.compiler.exceptions import ArtifactNotFoundError, UnsupportedStoreError
 from esper.compiler.fsio import FileSystem, OsFs
 
-__all__ = ["ArtifactStore", "LocalStore", "NotRegularFileError"]
+__all__ = ["ArtifactStore", "LocalStore", "NotRegularFileError", "open_store"]
 
 
 class NotRegularFileError(OSError):
@@ -121,3 +122,18 @@ class LocalStore:
             shutil.rmtree(tmp, ignore_errors=True)
         self._fs.fsync_dir(str(self.root))
         return True
+
+
+def open_store(uri: str) -> ArtifactStore:
+    """The store at `uri`: a path, or a `file://` URI of an absolute path (a LocalStore's root as `Path.as_uri`
+    writes it, the parent of what its `uri(id)` gives). UnsupportedStoreError for any other scheme (s3://, gs://):
+    only file stores are offered in this build."""
+    parts = urllib.parse.urlsplit(uri)
+    if not uri or parts.scheme not in ("", "file"):
+        raise UnsupportedStoreError(f"cannot open the store {uri!r}: only file stores are offered in this build")
+    if parts.scheme == "":
+        return LocalStore(uri)
+    path = urllib.parse.unquote(parts.path)
+    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment or not path.startswith("/"):
+        raise UnsupportedStoreError(f"not a file URI of a local absolute path: {uri!r}")
+    return LocalStore(path)
