@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # The virtual environment, the project (editable) and its declared dependencies; redone when pyproject changes.
 # Strict editable mode links every module into build/ (static paths mypy can follow), so adding a module
 # means reinstalling: the stamp depends on the package folders too.
-$(STAMP): pyproject.toml cli/ proto/ streams/ streams/local/ projections/ compiler/ compiler/wal/ compiler/artifacts/ compiler/ir/ safety/
+$(STAMP): pyproject.toml cli/ proto/ streams/ streams/local/ projections/ compiler/ compiler/wal/ compiler/artifacts/ compiler/ir/ compiler/service/ safety/
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict

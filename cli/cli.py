@@ -16,6 +16,7 @@ from rich.table import Table
 from esper.compiler.artifacts.cli import artifact_app, keys_app
 from esper.compiler.compile_cli import compile_command
 from esper.compiler.ir.cli import app as blueprint_app
+from esper.compiler.service.cli import compiler_app
 from esper.compiler.wal.cli import app as wal_app
 from esper.logs import configure as configure_logging
 from esper.settings import load_settings
@@ -35,6 +36,7 @@ app.add_typer(wal_app, name="wal")
 app.add_typer(blueprint_app, name="blueprint")
 app.add_typer(artifact_app, name="artifact")
 app.add_typer(keys_app, name="keys")
+app.add_typer(compiler_app, name="compiler")
 app.command("compile")(compile_command)
 
 err = Console(stderr=True)

@@ -148,6 +148,34 @@ class MemoryManagementSettings(_Section):
     cache_max_entries: Annotated[int, Field(ge=1)] = 16_384
 
 
+class AuthorizationSettings(_Section):
+    """The spec's role-based access for emergency compiles: a requestor may send one when `roles` gives it
+    `emergency_role`; when `token_sha256` holds a digest for it, the request's authorization_token must hash to it
+    (the requestor field alone is only a claim on a cluster without SASL)."""
+
+    emergency_role: str = "emergency"
+    roles: dict[str, tuple[str, ...]] = {"tamiyo": ("emergency",)}
+    token_sha256: dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = {}
+
+
+class ServiceSettings(_Section):
+    """Where the running service keeps and serves things (not in the spec's block: what `esper compiler run`
+    needs beyond it). `store` unset is the local artifact store of the Esper settings; `shared_store` is the L3
+    store several hosts reach (a directory or file:// URI)."""
+
+    instance_id: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")] = "tezzeret-0"
+    group_id: Annotated[str, Field(min_length=1)] = "tezzeret"
+    http_host: str = "127.0.0.1"
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 8790
+    store: str | None = None
+    shared_store: str | None = None
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: str = "cpu"
+    cache_ttl_seconds: Annotated[float, Field(gt=0)] = 3600
+    idle_upgrade_after_seconds: Annotated[float, Field(gt=0)] = 30
+    idle_upgrade_min_uses: Annotated[int, Field(ge=1)] = 2
+
+
 class TezzeretConfig(FrozenConfig):
     """The `tezzeret:` block of the spec: every section with its defaults, validated at construction."""
 
@@ -159,6 +187,8 @@ class TezzeretConfig(FrozenConfig):
     conservative_mode: ConservativeModeSettings = ConservativeModeSettings()
     wal: WalSettings = WalSettings()
     memory_management: MemoryManagementSettings = MemoryManagementSettings()
+    authorization: AuthorizationSettings = AuthorizationSettings()
+    service: ServiceSettings = ServiceSettings()
 
     @classmethod
     def settings_customise_sources(

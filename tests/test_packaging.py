@@ -19,6 +19,7 @@ SUBPACKAGES = [
     "esper.compiler.wal",
     "esper.compiler.artifacts",
     "esper.compiler.ir",
+    "esper.compiler.service",
     "esper.safety",
 ]
 GENERIC = {"cli", "proto", "streams", "projections", "compiler", "safety", "tests", "bench"}

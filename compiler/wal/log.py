@@ -351,8 +351,10 @@ class Wal:
         *,
         config: WalConfig | None = None,
         fs: FileSystem | None = None,
+        keep_payloads: bool = False,
     ) -> Wal:
         """Recover the directory (creating it if needed), refuse on corruption, start a new segment, new epoch.
+        `keep_payloads`: the recovery report's records carry their payloads (what a caller rebuilds its state from).
 
         A last segment holding only its head (an earlier open that appended nothing) is replaced, not followed: its
         id is reused and the new head renamed over it, so restarts in a loop leave no trail of preallocated segments.
@@ -363,7 +365,9 @@ class Wal:
             if not fs.exists(path):
                 fs.mkdir(path)
             fs.fsync_dir(os.path.dirname(os.path.abspath(path)))  # every time: an earlier open may have died before it
-            report = recover(path, fs, repair=True, verify_payload_sha=config.verify_payload_sha)
+            report = recover(
+                path, fs, repair=True, verify_payload_sha=config.verify_payload_sha, keep_payloads=keep_payloads
+            )
         except OSError as e:  # a failed cut or directory sync: nothing to trust yet, the caller reopens later
             raise WalIOError(f"recovering {path} failed: {e}") from e
         if report.corruption is not None:
