@@ -14,12 +14,14 @@ the broker's offset.metadata.max.bytes (4096 by default).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 __all__ = ["LedgerMetadataError", "PartitionLedger", "decode_answered", "encode_answered"]
 
 FORMAT = "tz1"  # the metadata's version tag: a foreign or older string is refused, never guessed at
 DEFAULT_MAX_WINDOW = 256  # ~1.5 KB of metadata in the worst (alternating) case
+_RANGE = re.compile(r"([0-9]{1,19})(?:-([0-9]{1,19}))?")  # ASCII only: str.isdigit() takes "²", int() does not
 
 
 class LedgerMetadataError(ValueError):
@@ -43,10 +45,11 @@ def decode_answered(base: int, metadata: str, *, max_offsets: int = 1 << 20) -> 
         raise LedgerMetadataError(f"offset metadata {metadata[:40]!r} is not Tezzeret's ({FORMAT})")
     out: set[int] = set()
     for part in filter(None, body.split(",")):
-        lo_s, dash, hi_s = part.partition("-")
-        if not lo_s.isdigit() or (dash and not hi_s.isdigit()):
+        match = _RANGE.fullmatch(part)
+        if match is None:
             raise LedgerMetadataError(f"offset metadata range {part[:20]!r} is malformed")
-        lo, hi = int(lo_s), int(hi_s) if dash else int(lo_s)
+        lo = int(match[1])
+        hi = int(match[2]) if match[2] is not None else lo
         if hi < lo or len(out) + hi - lo + 1 > max_offsets:
             raise LedgerMetadataError(f"offset metadata range {part[:20]!r} is out of bounds")
         out.update(range(base + lo, base + hi + 1))
@@ -116,5 +119,7 @@ class PartitionLedger:
 
     @property
     def full(self) -> bool:
-        """The shell stops fetching this partition until answers bring the window down."""
-        return self.window >= self.max_window
+        """The shell stops fetching this partition until answers bring the window down. Never while nothing is
+        outstanding: a fetch batch can overshoot the window, so a ledger restored from its commit can hold
+        `max_window` answers ahead of a record not yet fetched again, which only fetching lets in."""
+        return self.window >= self.max_window and bool(self._outstanding)

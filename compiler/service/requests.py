@@ -51,14 +51,23 @@ class Work:
 
 
 def _strategy(value: int) -> CompilationStrategy | None:
-    return None if value == 0 else CompilationStrategy(value)
+    if value == 0:
+        return None
+    try:
+        return CompilationStrategy(value)
+    except ValueError:  # proto3 enums are open: any int32 decodes
+        raise WorkError(f"the strategy {value} is not a compilation tier") from None
 
 
 def _deadline(requested_at: Timestamp, deadline_ms: int, record_ms: int) -> int | None:
     if deadline_ms <= 0:
         return None
-    start = requested_at.ToMilliseconds() if requested_at.seconds or requested_at.nanos else record_ms
-    return start + deadline_ms
+    if not (requested_at.seconds or requested_at.nanos):
+        return record_ms + deadline_ms
+    try:
+        return requested_at.ToMilliseconds() + deadline_ms
+    except ValueError as e:  # seconds or nanos outside the Timestamp's range
+        raise WorkError(f"requested_at: {e}") from None
 
 
 def _id(value: str, what: str) -> str:
