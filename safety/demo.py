@@ -1,8 +1,9 @@
 """The demo training run of `esper run`: a small host model with one seed slot, driven through the seed lifecycle
 while the Kasmina client publishes telemetry and safety events and obeys pause commands from Kafka.
 
-The seed here is a plain module (compiled artifacts arrive with the compiler). The performance gate (G4) compares
-the loss of the last steps with the seed blended in against the loss of the steps before blending began.
+The seed is a plain module unless an artifact is given: then Tezzeret's compiled module is verified and grafted into
+the slot before training (a refused or missing artifact leaves the plain module, and says why). The performance gate
+(G4) compares the loss of the last steps with the seed blended in against the loss of the steps before blending.
 """
 
 from __future__ import annotations
@@ -15,15 +16,29 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from esper.compiler.artifacts.keys import KeyRing
+from esper.compiler.artifacts.store import ArtifactStore
+from esper.compiler.exceptions import ArtifactError
+from esper.compiler.graft import GraftReport, graft_artifact
 from esper.safety.client import KasminaClient
 from esper.safety.config import GraftingConfig
 from esper.safety.exceptions import IllegalTransitionError
 from esper.safety.seed import SeedSlot, SeedStage
 from esper.safety.timing import StandardizedPerformanceMetrics
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["SLOT_WIDTH", "DemoArtifact", "DemoResult", "run_demo"]
 
+SLOT_WIDTH = 64  # the seed slot sees batch x SLOT_WIDTH float32 activations
 StepCallback = Callable[[int, float, SeedStage, bool], None]  # step, loss, stage, paused
+
+
+@dataclass(frozen=True)
+class DemoArtifact:
+    """A compiled seed for the slot: an artifact in a store, verified against the key ring before it is grafted."""
+
+    store: ArtifactStore
+    artifact_id: str
+    ring: KeyRing
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,8 @@ class DemoResult:
     dropped: int
     pause_commands_applied: int
     refused: tuple[str, ...]  # transitions a gate refused (each also a safety event)
+    graft: GraftReport | None = None  # the artifact grafted into the slot; None: the plain module
+    graft_error: str = ""  # why an artifact given was not grafted
 
 
 def _plan(config: GraftingConfig) -> dict[int, SeedStage]:
@@ -60,26 +77,35 @@ def run_demo(
     instance_id: str = "kasmina-demo",
     pace_ms: float = 0.0,
     on_step: StepCallback | None = None,
+    artifact: DemoArtifact | None = None,
 ) -> DemoResult:
-    """Train for `steps`; `pace_ms` waits between steps so that a person can follow the run (and pause it)."""
+    """Train for `steps`; `pace_ms` waits between steps so that a person can follow the run (and pause it). With an
+    `artifact`, its module is grafted into the slot first (refusals are safety events on the client's sink)."""
     torch.manual_seed(0)
     config = GraftingConfig(fixed_steps=30)
-    width = 64
     teacher = torch.randn(32, 1) * 0.2  # a smooth target the small host can learn
     plan = _plan(config)
     losses: list[float] = []
     refused: list[str] = []
+    report: GraftReport | None = None
+    graft_error = ""
     with KasminaClient(bootstrap_servers, instance_id) as client:
         slot = SeedSlot(
             "slot-0",
-            nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width)),
+            nn.Sequential(nn.Linear(SLOT_WIDTH, SLOT_WIDTH), nn.GELU(), nn.Linear(SLOT_WIDTH, SLOT_WIDTH)),
             instance_id=instance_id,
             config=config,
             safety=client.safety,
             sink=client,
         )
         client.add_slot(slot)
-        host = nn.Sequential(nn.Linear(32, width), nn.GELU(), slot, nn.Linear(width, 1))
+        if artifact is not None:
+            try:
+                report = graft_artifact(slot, artifact.store, artifact.artifact_id, artifact.ring, client)
+            except ArtifactError as e:  # verified or nothing: the slot keeps its plain module
+                graft_error = f"{type(e).__name__}: {e}"
+        host = nn.Sequential(nn.Linear(32, SLOT_WIDTH), nn.GELU(), slot, nn.Linear(SLOT_WIDTH, 1))
+        # built after the graft, so that the grafted seed's parameters are the optimizer's too
         optimizer = torch.optim.Adam(host.parameters(), lr=1e-2)
         performance = StandardizedPerformanceMetrics({"instance": instance_id, "slot": slot.slot_id})
         client.wait_ready(30)
@@ -118,6 +144,8 @@ def run_demo(
         dropped=stats.dropped,
         pause_commands_applied=stats.commands_applied,
         refused=tuple(refused),
+        graft=report,
+        graft_error=graft_error,
     )
 
 

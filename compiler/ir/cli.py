@@ -1,6 +1,7 @@
 """`esper blueprint ...`: check blueprint files, and submit them to Tezzeret.
 
-Imports stay inside the command: `esper` starts fast for every other subcommand.
+Imports stay inside the functions: `esper` starts fast for every other subcommand. `submit_blueprints` is the one
+way a blueprint goes to Tezzeret and its answers come back (the submit command and the demo of `esper run`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,9 +21,8 @@ import typer
 if TYPE_CHECKING:
     from esper.compiler.ir.validate import ValidatedBlueprint
     from esper.proto import leyline_pb2 as pb
-    from esper.streams.consumer import LeylineConsumer
 
-__all__ = ["app"]
+__all__ = ["Sent", "app", "submit_blueprints"]
 
 app = typer.Typer(
     help="Blueprints: validate a blueprint file (YAML or JSON), submit it to Tezzeret.", no_args_is_help=True
@@ -107,15 +109,10 @@ def submit(
     failed, 3 when none came within --timeout. An invalid file exits 1 before anything is sent."""
     from google.protobuf import json_format
 
-    from esper.compiler.ir.canonical import content_hash
     from esper.proto import leyline_pb2 as pb
     from esper.proto.enums import CompilationStrategy
     from esper.settings import load_settings
-    from esper.streams.admin import ensure_topic
-    from esper.streams.consumer import LeylineConsumer
     from esper.streams.local.cluster import bootstrap_servers
-    from esper.streams.producer import LeylineProducer
-    from esper.streams.topics import BLUEPRINTS, COMPILATION_REQUESTS, COMPILATION_RESULTS
 
     tier = None
     if strategy is not None:
@@ -126,10 +123,9 @@ def submit(
             raise typer.BadParameter(f"{strategy!r} is not one of {names}", param_hint="--strategy") from None
     blueprint = _load_valid(file, seed_slot=True, as_json=False)
     ir = blueprint.ir
-    message: pb.BlueprintIR | pb.CompilationRequest = ir
-    topic = BLUEPRINTS.name
+    request: pb.CompilationRequest | None = None
     if any(option is not None for option in (strategy, priority, deadline_ms, requestor)):
-        message = pb.CompilationRequest(
+        request = pb.CompilationRequest(
             request_id=uuid.uuid4().hex,
             blueprint_id=ir.blueprint_id,
             strategy=int(tier or 0),  # type: ignore[arg-type]  # an int is what the field holds
@@ -138,41 +134,23 @@ def submit(
             blueprint=ir,
             deadline_ms=deadline_ms or 0,
         )
-        message.requested_at.GetCurrentTime()
-        topic = COMPILATION_REQUESTS.name
-    bootstrap = bootstrap_servers(load_settings().cluster())
-    ensure_topic(bootstrap, topic)
-    results = None
-    if wait:  # reading from before the record is sent, so its result cannot slip by
-        since_ms = time.time_ns() // 1_000_000 - _CLOCK_SKEW_MS
-        results = LeylineConsumer.from_time(
-            bootstrap,
-            f"esper-cli-submit-{uuid.uuid4().hex[:8]}",
-            COMPILATION_RESULTS.name,
-            since_ms,
-            **_READ_COMMITTED,
-        )
-    try:
-        producer = LeylineProducer(bootstrap, producer_id="esper-cli")
-        envelope = producer.envelope_for(message)
-        try:
-            # The topics are keyed by blueprint id; an anonymous blueprint by its content hash.
-            sent = producer.send_sync(topic, message, ir.blueprint_id or content_hash(blueprint), envelope=envelope)
-        finally:
-            producer.close()
-        # The service's contract: a blueprint record is answered under its message id, a request under its own id.
-        request_id = message.request_id if isinstance(message, pb.CompilationRequest) else envelope.message_id
-        line = {"topic": sent.topic(), "partition": sent.partition(), "offset": sent.offset(), "request_id": request_id}
+        request.requested_at.GetCurrentTime()
+
+    def print_sent(sent: Sent) -> None:
+        line = {"topic": sent.topic, "partition": sent.partition, "offset": sent.offset, "request_id": sent.request_id}
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
-        if results is None:
-            return
-        result = _await_result(results, request_id, timeout)
-    finally:
-        if results is not None:
-            results.close()
+
+    [(sent, result)] = submit_blueprints(
+        bootstrap_servers(load_settings().cluster()),
+        [(blueprint, request)],
+        wait_s=timeout if wait else None,
+        on_sent=print_sent,
+    )
+    if not wait:
+        return
     if result is None:
-        sys.stderr.write(f"no CompilationResult for request {request_id} within {timeout:g} s\n")
+        sys.stderr.write(f"no CompilationResult for request {sent.request_id} within {timeout:g} s\n")
         raise typer.Exit(3)
     sys.stdout.write(json_format.MessageToJson(result, preserving_proto_field_name=True, indent=None) + "\n")
     if not result.success:
@@ -186,18 +164,85 @@ def _user() -> str:
         return "unknown"
 
 
-def _await_result(results: LeylineConsumer, request_id: str, timeout_s: float) -> pb.CompilationResult | None:
-    """The first CompilationResult for `request_id` read within timeout_s, or None."""
+@dataclass(frozen=True)
+class Sent:
+    """Where a submission landed, and the request id its CompilationResult carries."""
+
+    topic: str
+    partition: int
+    offset: int
+    request_id: str
+
+
+def submit_blueprints(
+    bootstrap: str,
+    submissions: Sequence[tuple[ValidatedBlueprint, pb.CompilationRequest | None]],
+    *,
+    wait_s: float | None = None,
+    on_sent: Callable[[Sent], None] | None = None,
+    on_result: Callable[[Sent, pb.CompilationResult], None] | None = None,
+) -> list[tuple[Sent, pb.CompilationResult | None]]:
+    """Send each blueprint to Tezzeret: its BlueprintIR on leyline.blueprints (answered under the record's message
+    id), or the CompilationRequest given with it on leyline.compilation.requests (answered under its request_id),
+    keyed by blueprint id (an anonymous one by its content hash). With `wait_s`, then read leyline.compilation.results
+    (read_committed, from before the first send, so no answer slips by) until every request has its first result or
+    `wait_s` seconds have passed. Returns (Sent, result or None) in the order given; `on_sent` and `on_result` hear
+    of each as it happens."""
+    from esper.compiler.ir.canonical import content_hash
     from esper.proto import leyline_pb2 as pb
-    from esper.streams.consumer import Record
+    from esper.streams.admin import ensure_topic
+    from esper.streams.consumer import LeylineConsumer, Record
+    from esper.streams.producer import LeylineProducer
+    from esper.streams.topics import BLUEPRINTS, COMPILATION_REQUESTS, COMPILATION_RESULTS
 
-    found: list[pb.CompilationResult] = []
+    topics = {COMPILATION_REQUESTS.name if r is not None else BLUEPRINTS.name for _, r in submissions}
+    for topic in sorted(topics):
+        ensure_topic(bootstrap, topic)
+    results = None
+    if wait_s is not None:
+        since_ms = time.time_ns() // 1_000_000 - _CLOCK_SKEW_MS
+        results = LeylineConsumer.from_time(
+            bootstrap,
+            f"esper-cli-submit-{uuid.uuid4().hex[:8]}",
+            COMPILATION_RESULTS.name,
+            since_ms,
+            **_READ_COMMITTED,
+        )
+    try:
+        sent: list[Sent] = []
+        producer = LeylineProducer(bootstrap, producer_id="esper-cli")
+        try:
+            for blueprint, request in submissions:
+                message = request if request is not None else blueprint.ir
+                topic = COMPILATION_REQUESTS.name if request is not None else BLUEPRINTS.name
+                envelope = producer.envelope_for(message)
+                key = blueprint.ir.blueprint_id or content_hash(blueprint)
+                landed = producer.send_sync(topic, message, key, envelope=envelope)
+                # The service's contract: a blueprint record is answered under its message id, a request under its id.
+                request_id = request.request_id if request is not None else envelope.message_id
+                sent.append(Sent(topic, landed.partition() or 0, landed.offset() or 0, request_id))
+                if on_sent is not None:
+                    on_sent(sent[-1])
+        finally:
+            producer.close()
+        if results is None or wait_s is None:
+            return [(s, None) for s in sent]
+        by_id = {s.request_id: s for s in sent}
+        found: dict[str, pb.CompilationResult] = {}
 
-    def match(record: Record) -> None:
-        if isinstance(record.message, pb.CompilationResult) and record.message.request_id == request_id:
-            found.append(record.message)
+        def match(record: Record) -> None:
+            result = record.message
+            if not isinstance(result, pb.CompilationResult) or result.request_id not in by_id:
+                return
+            if result.request_id not in found:  # the first answer counts (a redelivery may follow)
+                found[result.request_id] = result
+                if on_result is not None:
+                    on_result(by_id[result.request_id], result)
 
-    deadline = time.monotonic() + timeout_s
-    while not found and (left := deadline - time.monotonic()) > 0:
-        results.poll_once(match, timeout_s=min(0.5, left))
-    return found[0] if found else None
+        deadline = time.monotonic() + wait_s
+        while len(found) < len(by_id) and (left := deadline - time.monotonic()) > 0:
+            results.poll_once(match, timeout_s=min(0.5, left))
+    finally:
+        if results is not None:
+            results.close()
+    return [(s, found.get(s.request_id)) for s in sent]
