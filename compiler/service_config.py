@@ -174,6 +174,8 @@ class ServiceSettings(_Section):
     cache_ttl_seconds: Annotated[float, Field(gt=0)] = 3600
     idle_upgrade_after_seconds: Annotated[float, Field(gt=0)] = 30
     idle_upgrade_min_uses: Annotated[int, Field(ge=1)] = 2
+    # every tier's compile timeout (compiler/tiers.py: 10, 65, 250, 960 s) times this: a slower or faster machine
+    tier_timeout_scale: Annotated[float, Field(gt=0)] = 1.0
 
 
 class TezzeretConfig(FrozenConfig):

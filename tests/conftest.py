@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import gc
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -104,6 +105,9 @@ def own_broker(name: str, port_offset: int) -> Iterator[LocalBroker]:
         ).cluster(),
         name=name,
     )
+    if broker.status().running:  # left behind by an interrupted run
+        broker.down()
+    shutil.rmtree(broker.data_dir, ignore_errors=True)  # a fresh log: no records or offsets of an earlier run
     try:
         broker.up(timeout_s=180)
         create_topics(broker.bootstrap_servers, ALL_TOPICS)

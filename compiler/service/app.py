@@ -232,6 +232,7 @@ class TezzeretService:
                 controller=self.controller,
                 sink=_QueueSink(self.events),
                 seed=c.service.seed,
+                timeout_scale=c.service.tier_timeout_scale,
                 worker=self.instance_id,
                 on_wal=self.metrics.wal_transaction,
                 on_wal_failure=lambda e: self._on_fatal(f"WAL: {e}"),

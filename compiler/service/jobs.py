@@ -113,12 +113,13 @@ class JobRunner:
         sink: EventSink,
         seed: int,
         worker: str,
+        timeout_scale: float = 1.0,
         on_wal: Callable[[WalRecordType], None] = lambda _type: None,
         on_wal_failure: Callable[[BaseException], None] = lambda _e: None,
     ) -> None:
         self.wal, self.executor, self.store, self.ring, self.cache = wal, executor, store, ring, cache
         self.compile_breaker, self.controller, self.sink = compile_breaker, controller, sink
-        self.seed, self.worker = seed, worker
+        self.seed, self.worker, self.timeout_scale = seed, worker, timeout_scale
         self._on_wal, self._on_wal_failure = on_wal, on_wal_failure
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
@@ -170,7 +171,7 @@ class JobRunner:
             head = {"key": spec.key, "strategy": spec.strategy.name, "blueprint_id": spec.blueprint_id}
             self._log(RecordType.BEGIN, txn, json.dumps({**head, "device": spec.device, "lane": spec.lane}).encode())
             self._log(RecordType.DATA, txn, spec.ir)
-        timeout = TIERS[spec.strategy].timeout_s * self.controller.policy().timeout_multiplier
+        timeout = TIERS[spec.strategy].timeout_s * self.timeout_scale * self.controller.policy().timeout_multiplier
         limits = JobLimits(timeout_s=timeout, cpu_s=max(1, int(timeout * 2)))
         failure: FailureReason | None = None
         error = ""

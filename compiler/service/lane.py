@@ -69,6 +69,13 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _produced_ms(timestamp_ms: int) -> float:
+    """When a record was produced, on the monotonic clock: queue and total times count from there (a record with
+    no usable timestamp counts from now)."""
+    now, age = _now_ms(), _wall_ms() - timestamp_ms
+    return now - age if 0 <= age < 86_400_000 else now
+
+
 @dataclass
 class LaneShared:
     """What both lanes share."""
@@ -93,7 +100,7 @@ class Ticketed:
     work: Work
     coords: tuple[str, int, int]
     message_id: str
-    received_ms: float  # monotonic
+    received_ms: float  # monotonic: when the record was produced (its timestamp)
     strategy: CompilationStrategy | None  # None: refused before a tier was chosen
     reason: str
     key: str
@@ -281,7 +288,7 @@ class Lane:
         except (WorkError, ValueError) as e:
             self._refuse(coords, decoded.envelope.message_id, record, FailureReason.VALIDATION, str(e))
             return
-        self._admit(work, coords, decoded.envelope.message_id, _now_ms())
+        self._admit(work, coords, decoded.envelope.message_id, _produced_ms(record.timestamp_ms))
 
     def _admit(self, work: Work, coords: tuple[str, int, int], message_id: str, received: float) -> None:
         ok, why = authorized(work, self.shared.config.authorization)
@@ -349,7 +356,7 @@ class Lane:
         strategy, reason = self._strategy(work, validated)
         deadline = None
         if work.deadline_at_ms is not None:
-            deadline = received + (work.deadline_at_ms - _wall_ms()) - (_now_ms() - received)
+            deadline = _now_ms() + (work.deadline_at_ms - _wall_ms())
         ir = canonical_bytes(validated)
         key = service_job_key(ir, strategy, self.shared.config.service.seed, work.device.split(":")[0])
         ctx = Ticketed(work, coords, message_id, received, strategy, reason, key)

@@ -86,7 +86,8 @@ def work_from_record(record: Record) -> Work:
             kind=RequestKind.BLUEPRINT,
             request_id=_id(record.envelope.message_id or coordinates, "the message id"),
             requestor=_id(msg.author or record.envelope.producer, "the author"),
-            blueprint_id=_id(msg.blueprint_id, "the blueprint id"),
+            # a blueprint without an id is known by its record's key (`esper blueprint submit` keys by content)
+            blueprint_id=_id(msg.blueprint_id or (record.key or b"").decode("utf-8", "replace"), "the blueprint id"),
             blueprint=msg,
             strategy=None,
             priority=0,
