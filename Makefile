@@ -6,7 +6,7 @@ ESPER  := $(VENV)/bin/esper
 PYTEST := $(VENV)/bin/pytest
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup kafka run test lint unit proto bench crash fuse clean-state
+.PHONY: setup kafka run test lint unit proto bench soak crash fuse clean-state
 
 # The virtual environment, the project (editable) and its declared dependencies; redone when pyproject changes.
 # Strict editable mode links every module into build/ (static paths mypy can follow), so adding a module
@@ -42,6 +42,10 @@ proto: setup
 
 bench: setup kafka
 	$(PY) bench/run_all.py
+
+# A running Tezzeret's memory over 10,000 requests for distinct blueprints (minutes; not part of `make test`).
+soak: setup kafka
+	$(PY) bench/soak_service.py
 
 # The long crash matrix (thousands of kill -9 runs, every power-loss reordering); `make test` runs the short one.
 crash: setup fuse
