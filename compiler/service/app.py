@@ -294,9 +294,8 @@ class TezzeretService:
             self.wal = Wal.open(path, context, keep_payloads=True)
             records = list(self.wal.recovery.records)
         except WalCorruptionError as e:  # the failure-mode table: restore from the last sound record
-            report = e.args[0] if e.args else None
-            records = list(getattr(report, "records", []))
-            self.quarantined = f"{path}.corrupt-{int(time.time())}"
+            records = list(e.report.records)  # the sound prefix, up to the corruption
+            self.quarantined = f"{path}.corrupt-{time.time_ns()}"
             os.rename(path, self.quarantined)
             log.error("WAL corrupt (%s): quarantined to %s; %d sound records kept", e, self.quarantined, len(records))
             self.wal = Wal.open(path, context, keep_payloads=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable
 
 from cachetools import LRUCache
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -25,8 +26,6 @@ from esper.streams.topics import BLUEPRINTS, KERNELS
 __all__ = ["LogIndex"]
 
 log = logging.getLogger(__name__)
-
-Marks = Mapping[tuple[str, int], int]
 
 
 class LogIndex:
@@ -45,6 +44,9 @@ class LogIndex:
         self._blueprints: LRUCache[str, bytes] = LRUCache(maxsize=blueprint_budget_bytes, getsizeof=len)
         self._lock = threading.Lock()
         self._positions: dict[tuple[str, int], int] = {}
+        # ends of the blueprints topic asked for by lanes (want_end), measured by the reader thread
+        self._wanted = self._measured = self._reached = 0
+        self._ends: deque[tuple[int, dict[tuple[str, int], int]]] = deque()
         self._consumer = Consumer(
             kafka_config(
                 {
@@ -83,23 +85,40 @@ class LogIndex:
             data = self._blueprints.get(blueprint_id)
         return None if data is None else pb.BlueprintIR.FromString(data)
 
-    def blueprint_ends(self, timeout_s: float = 5.0) -> dict[tuple[str, int], int]:
-        """Where each blueprints partition ends now (its high watermark)."""
+    def want_end(self) -> int:
+        """Ask where the blueprints topic ends now; returns a ticket for `reached`. The reader thread measures the
+        ends (one measurement serves every ticket asked before it), so a lane never waits on a broker round trip."""
+        with self._lock:
+            self._wanted += 1
+            return self._wanted
+
+    def reached(self, ticket: int) -> bool:
+        """True once this reader has read as far as the topic ended when `ticket` was asked for."""
+        with self._lock:
+            return self._reached >= ticket
+
+    def _measure_ends(self) -> None:
+        with self._lock:
+            wanted = self._wanted
+        if wanted <= self._measured:
+            return
         ends = {}
         for tp in self._partitions:
             if tp.topic == BLUEPRINTS.name:
-                _low, high = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout_s)
+                _low, high = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), 5.0)
                 ends[tp.topic, tp.partition] = high
-        return ends
+        self._measured = wanted
+        self._ends.append((wanted, ends))
 
-    def caught_up(self, marks: Marks) -> bool:
-        """True once this reader has read every partition up to `marks`."""
+    def _settle_ends(self) -> None:
         with self._lock:
-            return all(self._positions.get(tp, 0) >= end for tp, end in marks.items())
+            while self._ends and all(self._positions.get(tp, 0) >= end for tp, end in self._ends[0][1].items()):
+                self._reached = self._ends.popleft()[0]
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                self._measure_ends()
                 batch = self._consumer.consume(500, 0.1)
                 for msg in batch:
                     if msg.error() is None:
@@ -113,6 +132,7 @@ class LogIndex:
                 for tp in positions:
                     if tp.offset >= 0:
                         self._positions[tp.topic, tp.partition] = tp.offset
+            self._settle_ends()
 
     def _take(self, topic: str, value: bytes | None, headers: object) -> None:
         try:

@@ -112,7 +112,7 @@ class _Parked:
     coords: tuple[str, int, int]
     message_id: str
     received_ms: float
-    marks: dict[tuple[str, int], int]
+    end_ticket: int  # LogIndex.want_end(): found, or not there, once the index has read that far
 
 
 class Lane:
@@ -182,9 +182,9 @@ class Lane:
         for tp in committed:
             low, _high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30)
             base = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else low
-            try:
-                ledger = PartitionLedger(max(base, low), tp.metadata or "")
-            except LedgerMetadataError as e:
+            try:  # the metadata counts from the committed offset, even where retention has deleted past it
+                ledger = PartitionLedger(base, tp.metadata or "")
+            except (LedgerMetadataError, ValueError) as e:
                 log.error(
                     "%s: %s[%d] offset metadata not ours (%s): answering from the offset",
                     self.name,
@@ -192,7 +192,7 @@ class Lane:
                     tp.partition,
                     e,
                 )
-                ledger = PartitionLedger(max(base, low))
+                ledger = PartitionLedger(base)
             self.ledgers[tp.topic, tp.partition] = ledger
         log.info("%s assigned %s", self.name, [f"{p.topic}[{p.partition}]" for p in partitions])
 
@@ -309,8 +309,7 @@ class Lane:
         if blueprint is None:
             blueprint = self.shared.index.blueprint(work.blueprint_id)
             if blueprint is None:  # maybe produced just before the request: wait for the index to read that far
-                marks = self.shared.index.blueprint_ends()
-                self._parked.append(_Parked(work, coords, message_id, received, marks))
+                self._parked.append(_Parked(work, coords, message_id, received, self.shared.index.want_end()))
                 return
         self._validated(work, blueprint, coords, message_id, received)
 
@@ -322,7 +321,7 @@ class Lane:
             bp = self.shared.index.blueprint(p.work.blueprint_id)
             if bp is not None:
                 self._validated(p.work, bp, p.coords, p.message_id, p.received_ms)
-            elif self.shared.index.caught_up(p.marks) or now - p.received_ms > PARK_TIMEOUT_MS:
+            elif self.shared.index.reached(p.end_ticket) or now - p.received_ms > PARK_TIMEOUT_MS:
                 self._answer(
                     p.work,
                     p.coords,

@@ -28,6 +28,7 @@ CONSOLE_TOOLS: dict[str, str] = {
     "kafka-consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
     "kafka-acls": "org.apache.kafka.tools.AclCommand",
     "kafka-get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+    "kafka-transactions": "org.apache.kafka.tools.TransactionsCommand",  # Tezzeret answers in transactions
     "kafka-configs": "kafka.admin.ConfigCommand",
     "kafka-dump-log": "kafka.tools.DumpLogSegments",
     "kafka-storage": "kafka.tools.StorageTool",
@@ -106,6 +107,8 @@ class KafkaDistribution:
     def provision(self) -> bool:
         """Resolve the jars once (Maven keeps its own cache in ~/.m2); returns True when work was done."""
         if self.is_provisioned():
+            if not all((self.bin / name).exists() for name in CONSOLE_TOOLS):  # a tool added since
+                self._write_tools()
             return False
         mvn = shutil.which("mvn")
         if not mvn:

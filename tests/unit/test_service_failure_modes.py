@@ -314,11 +314,6 @@ def test_service_construction_touches_no_kafka(tmp_path: Path, monkeypatch: pyte
     assert not (tmp_path / "wal").exists()  # nor the WAL: start() opens it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py _open_wal takes the RecoveryReport from e.args[0], which is WalCorruptionError's message: "
-    "no record is kept or carried over; it is e.report (remove this mark with the fix)",
-)
 def test_a_corrupt_wal_is_quarantined_and_a_new_one_carries_the_unsettled_jobs(tmp_path: Path) -> None:
     path = tmp_path / "wal"
     settled, unsettled, lost = b"s" * 16, b"u" * 16, b"l" * 16
