@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ class ArtifactBuild:
         return artifact_id(self.ir, self.tier, self.reuse_key)
 
 
+@functools.cache  # read once: importlib.metadata scans the installed distributions (~3 ms), per request otherwise
 def compiler_version() -> str:
     """This Tezzeret's version (the installed distribution's)."""
     try:

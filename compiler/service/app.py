@@ -143,7 +143,11 @@ class TezzeretService:
         )
         for b in self.breakers.values():
             self.controller.watch(b)
-        self.nvml = Nvml() if svc.device.startswith("cuda") else None
+        # GPU readings wherever the driver answers (the rule is about the GPU Tezzeret shares with training,
+        # whatever device it compiles for); reported absent, never 0, where it does not
+        self.nvml = Nvml()
+        if not self.nvml.available:
+            log.info("no GPU readings: %s", self.nvml.error or "NVML absent")
         self.ring = KeyRing(settings.key_ring_dir())
         if self.ring.signing_key_id() is None:
             log.warning("no signing key in %s: generating one (esper keys list shows it)", settings.key_ring_dir())

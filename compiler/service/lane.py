@@ -57,6 +57,7 @@ __all__ = ["Lane", "LaneShared", "Ticketed"]
 
 log = logging.getLogger(__name__)
 
+FETCH_BATCH = 200  # records taken per loop step (the ledger's window bounds how far a partition runs ahead)
 PARK_TIMEOUT_MS = 30_000  # a request naming an unknown blueprint waits this long for the blueprint index
 RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0)
 
@@ -194,7 +195,12 @@ class Lane:
                 )
                 ledger = PartitionLedger(base)
             self.ledgers[tp.topic, tp.partition] = ledger
-        log.info("%s assigned %s", self.name, [f"{p.topic}[{p.partition}]" for p in partitions])
+        # where each partition resumes, and how many records above it were answered already (skipped when re-read)
+        log.info(
+            "%s assigned %s",
+            self.name,
+            [f"{t}[{p}]@{led.commit_point()[0]}+{led.window}" for (t, p), led in sorted(self.ledgers.items())],
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Commit what is answered while the generation still holds, then forget the partitions' requests: the
@@ -243,7 +249,7 @@ class Lane:
 
     def step(self, timeout_s: float = 0.02) -> None:
         now = _now_ms()
-        batch = self.consumer.consume(200, timeout_s) if self._may_take() else []
+        batch = self._fetch(timeout_s) if self._may_take() else []
         for msg in batch:
             self._take(msg)
         if batch:
@@ -261,6 +267,12 @@ class Lane:
         self._start_jobs()
         self._flush()
         self._flow_control()
+
+    def _fetch(self, timeout_s: float) -> list[Message]:
+        """Wait for the first record only (consume(n, t) waits for n records or all of t: a lone request would sit
+        out the timeout), then take what else is there without waiting."""
+        first = self.consumer.poll(timeout_s)
+        return [] if first is None else [first, *self.consumer.consume(FETCH_BATCH - 1, 0)]
 
     def _may_take(self) -> bool:
         return not self.shared.stopping.is_set()
