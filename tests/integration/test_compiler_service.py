@@ -19,10 +19,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from esper.compiler.service.health import fetch_health
 from esper.proto import leyline_pb2 as pb
+from esper.streams.envelope import decode
 from esper.streams.local.broker import LocalBroker
-from esper.streams.topics import BLUEPRINTS, COMPILATION_EMERGENCY, COMPILATION_REQUESTS
+from esper.streams.topics import (
+    BLUEPRINTS,
+    COMPILATION_EMERGENCY,
+    COMPILATION_REQUESTS,
+    KERNELS,
+    SAFETY,
+    TOPICS_BY_NAME,
+)
 from tests.conftest import own_broker
 from tests.ir_samples import blueprint, node
 from tests.tezzeret_proc import (
@@ -379,3 +389,91 @@ def test_an_emergency_overtakes_a_full_queue_and_health_and_metrics_are_served(
     print(f"\nemergency answered: queue_ms {urgent.queue_ms}, total_ms {urgent.total_ms} with the normal lane full")
     assert json.loads(json.dumps(health))["wal"]["usable"] is True
     svc.stop()
+
+
+def read_topic(bootstrap: str, topic: str, cls: type) -> list:  # type: ignore[type-arg]
+    """Every record of `topic` decoded as `cls`, read_committed, from the beginning to the end."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    parts = [TopicPartition(topic, i, OFFSET_BEGINNING) for i in range(TOPICS_BY_NAME[topic].partitions)]
+    consumer.assign(parts)
+    out, remaining, deadline = [], len(parts), time.monotonic() + 10
+    while remaining and time.monotonic() < deadline:
+        for msg in consumer.consume(500, 0.5):
+            if msg.error() is not None:
+                remaining -= 1
+                continue
+            message = decode(msg.value(), msg.headers(), topic).message
+            if isinstance(message, cls):
+                out.append(message)
+    consumer.close()
+    return out
+
+
+def test_idle_time_upgrades_the_most_used_artifact_and_publishes_it(
+    broker_a: LocalBroker, tmp_path: Path, services: list[ServiceProcess]
+) -> None:
+    bootstrap = broker_a.bootstrap_servers
+    svc = ServiceProcess(bootstrap, tmp_path, "tz-idle", "tz-idle", {"service": {"idle_upgrade_after_seconds": 2}})
+    services.append(svc)
+    svc.start()
+    svc.wait_healthy()
+    p = producer(bootstrap)
+    bp = tiny(8, "idle-bp")
+    for i in range(3):  # used three times at EMERGENCY: worth a FAST compile when nothing else waits
+        produce(p, COMPILATION_REQUESTS.name, request(f"idle-{i}", bp.blueprint_id, 1, bp), bp.blueprint_id)
+    assert p.flush(30) == 0
+    wait_for_answers(bootstrap, {"idle-0", "idle-1", "idle-2"}, timeout_s=120, settle_s=0)
+    deadline = time.monotonic() + 120
+    upgraded: list[pb.CompiledKernelArtifact] = []
+    while not upgraded and time.monotonic() < deadline:
+        time.sleep(1.0)
+        kernels = read_topic(bootstrap, KERNELS.name, pb.CompiledKernelArtifact)
+        upgraded = [k for k in kernels if k.blueprint_id == "idle-bp" and k.strategy == pb.STRATEGY_FAST]
+    assert upgraded, "no idle upgrade to FAST was published"
+    completes = [c for c in read_answers(bootstrap).completes if c.artifact_id == upgraded[0].artifact_id]
+    assert len(completes) == 1 and completes[0].request_id == ""  # published like any other, for no request
+    produce(p, COMPILATION_REQUESTS.name, request("idle-after", bp.blueprint_id, 2, bp), bp.blueprint_id)
+    assert p.flush(30) == 0
+    after = wait_for_answers(bootstrap, {"idle-after"}, timeout_s=60, settle_s=0).results["idle-after"][0]
+    assert after.artifact_id == upgraded[0].artifact_id and after.cache_level == pb.CACHE_L1, after
+
+
+def test_a_compile_timeout_enters_conservative_mode_on_leyline_safety(
+    broker_a: LocalBroker, tmp_path: Path, services: list[ServiceProcess]
+) -> None:
+    bootstrap = broker_a.bootstrap_servers
+    svc = ServiceProcess(bootstrap, tmp_path, "tz-slow", "tz-slow", {"service": {"tier_timeout_scale": 0.0002}})
+    services.append(svc)
+    svc.start()
+    svc.wait_healthy()
+    p = producer(bootstrap)
+    bp = tiny(8, "timeout-bp")
+    produce(p, COMPILATION_REQUESTS.name, request("too-slow", bp.blueprint_id, 3, bp), bp.blueprint_id)
+    assert p.flush(30) == 0
+    result = wait_for_answers(bootstrap, {"too-slow"}, timeout_s=120, settle_s=0).results["too-slow"][0]
+    assert result.failure_reason == pb.FAILURE_TIMEOUT, result
+    deadline = time.monotonic() + 30
+    changes: list[pb.SafetyEvent] = []
+    while not changes and time.monotonic() < deadline:
+        time.sleep(1.0)
+        events = read_topic(bootstrap, SAFETY.name, pb.SafetyEvent)
+        changes = [e for e in events if e.WhichOneof("detail") == "conservative_mode"]
+    assert changes and changes[0].conservative_mode.active, changes
+    health = fetch_health(svc.health_url, 5)[1]
+    assert health["conservative_active"] and health["status"] == "degraded", health
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{svc.port}/metrics", timeout=10).read().decode()
+    assert "tezzeret_conservative_mode_active 1.0" in metrics
+    produce(p, COMPILATION_REQUESTS.name, request("while-conservative", bp.blueprint_id, 4, bp), bp.blueprint_id)
+    assert p.flush(30) == 0
+    lowered = wait_for_answers(bootstrap, {"while-conservative"}, timeout_s=120, settle_s=0)
+    answer = lowered.results["while-conservative"][0]
+    assert answer.strategy == pb.STRATEGY_STANDARD and "conservative" in answer.strategy_reason, answer
+    assert answer.conservative_mode
