@@ -51,6 +51,8 @@ def tail_records(
             "group.id": f"esper-tail-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 100,
+            # what users are answered: never an aborted transaction's records (Tezzeret answers in transactions)
+            "isolation.level": "read_committed",
         }
     )
     try:
