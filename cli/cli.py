@@ -24,6 +24,7 @@ from esper.compiler.ir.cli import app as blueprint_app
 from esper.compiler.service.cli import compiler_app
 from esper.compiler.wal.cli import app as wal_app
 from esper.logs import configure as configure_logging
+from esper.projections.cli import app as projections_commands
 from esper.proto import leyline_pb2 as pb
 from esper.settings import load_settings
 from esper.streams.exceptions import StreamsError
@@ -51,6 +52,7 @@ app.add_typer(artifact_app, name="artifact")
 app.add_typer(keys_app, name="keys")
 app.add_typer(compiler_app, name="compiler")
 app.command("compile")(compile_command)
+app.add_typer(projections_commands)  # esper replay, esper status
 
 err = Console(stderr=True)
 out = Console()
