@@ -1,6 +1,7 @@
 """Replay against a real broker of its own: a known sequence of safety events (with duplicates), compilation
-results, telemetry, a dead letter and a garbage record is produced once; replays of it (to the end, to a time, to an
-offset) must give the digests of folding the same facts in memory, and a duplicated event must change nothing."""
+requests and results, telemetry, a dead letter, a garbage record and two transactions (one aborted) is produced
+once; replays of it (to the end, to a time, to an offset) must give the digests of folding the same facts in
+memory, and a duplicated event must change nothing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 from google.protobuf.message import Message as ProtoMessage
 from typer.testing import CliRunner
 
@@ -23,6 +24,7 @@ from esper.projections.replay import ReplayResult, replay
 from esper.projections.store import MemoryTables, RocksTables
 from esper.proto import leyline_pb2 as pb
 from esper.safety.events import safety_event
+from esper.streams.envelope import Envelope, encode, new_envelope
 from esper.streams.local.broker import LocalBroker
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import COMPILATION_REQUESTS, COMPILATION_RESULTS, DEADLETTER, SAFETY, TELEMETRY
@@ -113,14 +115,47 @@ def _produce(broker: LocalBroker) -> Log:
         # The outbox resends both breaker events, byte for byte under new message ids, in the same partition after
         # the later one: folding them must change nothing (the state stays HALF_OPEN).
         _send(log, producer, SAFETY.name, half.message, key, "dup")
-        _send(log, producer, SAFETY.name, opened.message, key)
+        _send(log, producer, SAFETY.name, opened.message, key, "dup_last")
     finally:
         producer.close()
     raw = Producer({"bootstrap.servers": log.bootstrap})
     raw.produce(SAFETY.name, value=b"\xff not a safety event", key=b"garbage")
     assert raw.flush(10) == 0
     log.garbage = 1
+    _transactions(log, key, source)
     return log
+
+
+def _transactions(log: Log, key: str, source: str) -> None:
+    """A committed transaction (a pause exit: folded) and an aborted one (the breaker closing: never folded), last
+    in their partition, which therefore ends in transaction markers rather than records."""
+    txn = Producer({"bootstrap.servers": log.bootstrap, "transactional.id": f"test-replay-{uuid.uuid4().hex[:8]}"})
+    txn.init_transactions(30)
+    delivered: list[tuple[Message, Envelope, pb.SafetyEvent]] = []
+
+    def send(event: pb.SafetyEvent) -> None:
+        envelope = new_envelope(event, producer="test-replay")
+        value, headers = encode(event, envelope)
+        txn.produce(
+            SAFETY.name,
+            value=value,
+            key=key,
+            headers=headers,
+            on_delivery=lambda e, m: delivered.append((m, envelope, event)),
+        )
+
+    txn.begin_transaction()
+    send(safety_event(pb.TELEMETRY_INFO, "resumed", pb.PauseExited(instance_id=source, slot_id="s0"), source_id=source))
+    txn.commit_transaction(30)
+    msg, envelope, event = delivered[0]
+    assert msg.error() is None
+    log.facts.append(
+        Fact(SAFETY.name, msg.partition() or 0, msg.offset() or 0, msg.timestamp()[1], key, envelope.message_id, event)
+    )
+    txn.begin_transaction()
+    send(_breaker(pb.CIRCUIT_CLOSED, source))
+    assert txn.flush(10) == 0
+    txn.abort_transaction(30)
 
 
 def _replay(log: Log, tmp_path: Path, **limits: object) -> ReplayResult:
@@ -166,10 +201,10 @@ def test_until_an_offset_stops_that_partition_only(produced: Log, tmp_path: Path
 
 
 def test_a_duplicated_event_changes_nothing(produced: Log, tmp_path: Path) -> None:
-    dup = produced.marks["dup"]
+    dup, last = produced.marks["dup"], produced.marks["dup_last"]
     where = (dup.topic, dup.partition)
     without = _replay(produced, tmp_path, until_offset={where: dup.offset - 1})
-    with_duplicates = _replay(produced, tmp_path)
+    with_duplicates = _replay(produced, tmp_path, until_offset={where: last.offset})
     assert without.digests == with_duplicates.digests
     assert with_duplicates.folded == without.folded + 2  # both copies were read and folded, to no effect
 
@@ -204,4 +239,5 @@ def test_the_cli_prints_the_replay_digests_and_the_status(
     breakers = json.loads(outcome.output)
     assert list(breakers) == ["breakers"]
     kasmina = breakers["breakers"][f"kasmina/{produced.kasmina}/graft"]
-    assert kasmina["state"] == "HALF_OPEN" and kasmina["transitions"] == 2  # the resent OPEN changed nothing
+    # The resent OPEN changed nothing, and the aborted CLOSED was never read.
+    assert kasmina["state"] == "HALF_OPEN" and kasmina["transitions"] == 2
