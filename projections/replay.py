@@ -11,10 +11,14 @@ consumer group (partitions are assigned; nothing is committed, no group is left 
   exactly that millisecond is folded): the state "when it happened".
 Both limits apply together when both are given.
 
-Order: each partition is folded in offset order; partitions are interleaved as the fetches come, so two replays may
-interleave differently. That is sound because a projection keys its state by what also keys the records (a key
-never spans two partitions of one topic) and its reducer is idempotent per event id and does not depend on the order
-of facts from different topics for one key; the live app interleaves partitions arbitrarily too.
+Order: each partition is folded in offset order; partitions are interleaved as the fetches come, so two replays
+(and the live app) may interleave them differently. That is sound only because the reducers give the same state in
+any interleaving of partitions (see esper.projections.reducers): keys mostly follow the records' keys, and where
+one entity is fed from several partitions or topics (a Tezzeret breaker's failures and transitions are keyed by
+event kind; a compilation is fed by requests, results and audit records) it keeps a sub-record per source and takes
+the greatest of competing values by a total order on the events. tests/integration/test_replay.py checks it by
+folding the same facts partition by partition in reverse. Idempotence for a resent event holds within the
+reducers' SEEN_WINDOW (event ids remembered per entity and partition).
 
 Records that do not decode (garbage) are counted by reason and skipped, never dead-lettered: a replay reads history
 whose letters were written when it was new. The dead-letter projection reads leyline.deadletter itself.
