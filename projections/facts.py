@@ -18,6 +18,7 @@ from esper.streams.envelope import Headers, decode
 from esper.streams.exceptions import DecodeError
 
 __all__ = [
+    "MAX_ID_CHARS",
     "Fact",
     "KafkaRecord",
     "event_id",
@@ -26,6 +27,9 @@ __all__ = [
     "stream_of",
     "try_fact",
 ]
+
+
+MAX_ID_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -105,17 +109,25 @@ def event_id(fact: Fact) -> str:
     - a TelemetryPacket's packet_id;
     - otherwise the envelope's message id;
     - failing all these (a record typed in by hand), a hash of the message's type and deterministic bytes, so that
-      two copies of the same bytes are one event."""
+      two copies of the same bytes are one event.
+    An id longer than MAX_ID_CHARS is replaced by its hash: the reducers remember ids, and must not remember
+    megabytes of a hostile one."""
     msg = fact.message
     own = ""
     if isinstance(msg, pb.SafetyEvent):
         own = msg.event_id
     elif isinstance(msg, pb.TelemetryPacket):
         own = msg.packet_id
-    if own or fact.message_id:
-        return own or fact.message_id
-    digest = hashlib.sha256(msg.DESCRIPTOR.full_name.encode())
-    digest.update(msg.SerializeToString(deterministic=True))
+    given = own or fact.message_id
+    if given:
+        return given if len(given) <= MAX_ID_CHARS else _hashed(given.encode())
+    return _hashed(msg.DESCRIPTOR.full_name.encode(), msg.SerializeToString(deterministic=True))
+
+
+def _hashed(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
     return "sha256:" + digest.hexdigest()[:32]
 
 

@@ -55,6 +55,7 @@ from esper.streams.topics import (
 
 __all__ = [
     "MAX_ERROR_TYPES",
+    "MAX_LABELS",
     "MAX_SERIES",
     "MAX_SLOTS",
     "PROJECTIONS",
@@ -81,6 +82,7 @@ MAX_SERIES = 512  # metric series per telemetry source
 MAX_ERROR_TYPES = 32  # distinct error types counted per dead-letter origin
 MAX_REASONS = 32  # conservative-mode reasons kept
 MAX_BUCKETS = 64  # histogram buckets kept per series
+MAX_LABELS = 32  # labels of a metric point kept (in key order)
 _KEY_LIMIT = 256  # characters of an entity key part (a longer id is cut)
 
 
@@ -520,21 +522,33 @@ def _request_blueprint_id(fact: Fact) -> str:
     return ""
 
 
+def _where(fact: Fact) -> State:
+    return {"topic": fact.topic, "partition": fact.partition, "offset": fact.offset}
+
+
+def _record_order(r: State) -> tuple[Any, ...]:
+    # One request id may come from several topics (or, for its answers, several blueprints' partitions): the sub-
+    # record kept is the latest by its own time, then by its place in the log, in whatever order the logs are read.
+    log = r["log"]
+    return (r["at_ms"], log["topic"], log["partition"], log["offset"])
+
+
 def _request_record(fact: Fact) -> State:
     msg = fact.message
     record: State = {
         "kind": "BLUEPRINT",
+        "blueprint_id": _part(_request_blueprint_id(fact)),
         "requestor": "",
         "strategy": "",
         "priority": 0,
         "device": "cpu",
-        "requested_at_ms": fact.timestamp_ms,
+        "at_ms": fact.timestamp_ms,
         "deadline_ms": 0,
         "reason": "",
-        "at": {"topic": fact.topic, "partition": fact.partition, "offset": fact.offset},
+        "log": _where(fact),
     }
     if isinstance(msg, pb.BlueprintIR):
-        return {**record, "requestor": _part(msg.author), "requested_at_ms": _at(msg.created_at, fact)}
+        return {**record, "requestor": _part(msg.author), "at_ms": _at(msg.created_at, fact)}
     if isinstance(msg, pb.CompilationRequest):
         return {
             **record,
@@ -543,7 +557,7 @@ def _request_record(fact: Fact) -> State:
             "strategy": _name(CompilationStrategy, msg.strategy),
             "priority": msg.priority,
             "device": _part(msg.device or "cpu"),
-            "requested_at_ms": _at(msg.requested_at, fact),
+            "at_ms": _at(msg.requested_at, fact),
             "deadline_ms": msg.deadline_ms,
         }
     assert isinstance(msg, pb.EmergencyCompile)  # the caller checked the type
@@ -553,7 +567,7 @@ def _request_record(fact: Fact) -> State:
         "requestor": _part(msg.requestor),
         "strategy": "EMERGENCY",
         "device": _part(msg.device or "cpu"),
-        "requested_at_ms": _at(msg.requested_at, fact),
+        "at_ms": _at(msg.requested_at, fact),
         "deadline_ms": msg.deadline_ms,
         "reason": _text(msg.reason),
     }
@@ -561,6 +575,7 @@ def _request_record(fact: Fact) -> State:
 
 def _result_record(r: pb.CompilationResult, fact: Fact) -> State:
     return {
+        "blueprint_id": _part(r.blueprint_id),
         "success": r.success,
         "strategy": _name(CompilationStrategy, r.strategy),
         "strategy_reason": _text(r.strategy_reason),
@@ -574,18 +589,21 @@ def _result_record(r: pb.CompilationResult, fact: Fact) -> State:
         "conservative_mode": r.conservative_mode,
         "worker_id": _part(r.worker_id),
         "requestor": _part(r.requestor),
-        "completed_at_ms": _at(r.completed_at, fact),
+        "at_ms": _at(r.completed_at, fact),
+        "log": _where(fact),
     }
 
 
 def _complete_record(c: pb.CompilationComplete, fact: Fact) -> State:
     return {
+        "blueprint_id": _part(c.blueprint_id),
         "artifact_id": _part(c.artifact_id),
         "strategy": _name(CompilationStrategy, c.strategy),
         "artifact_sha256": _part(c.artifact_sha256),
         "store_uri": _text(c.store_uri),
         "compile_ms": c.compile_ms,
-        "completed_at_ms": _at(c.completed_at, fact),
+        "at_ms": _at(c.completed_at, fact),
+        "log": _where(fact),
     }
 
 
@@ -602,6 +620,7 @@ def _audit_record(a: pb.AuditRecord, fact: Fact) -> State:
         "error": _text(a.error),
         "origin": {"topic": _part(a.origin_topic), "partition": a.origin_partition, "offset": a.origin_offset},
         "at_ms": _at(a.at, fact),
+        "log": _where(fact),
     }
 
 
@@ -626,7 +645,7 @@ def _compilation_summary(s: State) -> State:
     return {
         **s,
         "status": status,
-        "blueprint_id": _first(s["blueprint_ids"].get("request", ""), *s["blueprint_ids"].values()),
+        "blueprint_id": _first(*((r or {}).get("blueprint_id", "") for r in (req, res, audit, done))),
         "kind": _first((req or {}).get("kind", ""), (audit or {}).get("kind", "")),
         "requestor": _first(
             (req or {}).get("requestor", ""), (res or {}).get("requestor", ""), answer.get("requestor", "")
@@ -652,7 +671,6 @@ def _compilation_rule(state: State | None, fact: Fact, key: str) -> State | None
         failure_reason="",
         cache_level="",
         artifact_id="",
-        blueprint_ids={},
         request=None,
         result=None,
         complete=None,
@@ -661,23 +679,18 @@ def _compilation_rule(state: State | None, fact: Fact, key: str) -> State | None
         answers=0,
     )
     if isinstance(msg, (pb.BlueprintIR, pb.CompilationRequest, pb.EmergencyCompile)):
-        s = {**s, "request": _request_record(fact), "asked": s["asked"] + 1}
-        source = "request"
+        field, record = "request", _request_record(fact)
+        s = {**s, "asked": s["asked"] + 1}
     elif isinstance(msg, pb.CompilationResult):
-        s = {**s, "result": _result_record(msg, fact), "answers": s["answers"] + 1}
-        source = "result"
+        field, record = "result", _result_record(msg, fact)
+        s = {**s, "answers": s["answers"] + 1}
     elif isinstance(msg, pb.CompilationComplete):
-        s = {**s, "complete": _complete_record(msg, fact)}
-        source = "complete"
+        field, record = "complete", _complete_record(msg, fact)
     elif isinstance(msg, pb.AuditRecord):
-        s = {**s, "audit": _audit_record(msg, fact)}
-        source = "audit"
+        field, record = "audit", _audit_record(msg, fact)
     else:
         return None
-    blueprint = _part(msg.blueprint_id if isinstance(msg, pb.AuditRecord) else _request_blueprint_id(fact))
-    if blueprint:
-        s = {**s, "blueprint_ids": {**s["blueprint_ids"], source: blueprint}}
-    return _compilation_summary(s)
+    return _compilation_summary({**s, field: _later(s[field], record, _record_order)})
 
 
 # ---------------------------------------------------------------- compilation per blueprint
@@ -697,6 +710,7 @@ def _blueprint_rule(state: State | None, fact: Fact, key: str) -> State | None:
         blueprint_id=key,
         name="",
         author="",
+        design=None,
         submitted=0,
         requests=0,
         emergency=0,
@@ -710,7 +724,15 @@ def _blueprint_rule(state: State | None, fact: Fact, key: str) -> State | None:
         last_failure=None,
     )
     if isinstance(msg, pb.BlueprintIR):
-        return {**s, "name": _part(msg.name), "author": _part(msg.author), "submitted": s["submitted"] + 1}
+        design = {"name": _part(msg.name), "author": _part(msg.author), "at_ms": _at(msg.created_at, fact)}
+        design = _later(s["design"], {**design, "log": _where(fact)}, _record_order)
+        return {
+            **s,
+            "name": design["name"],
+            "author": design["author"],
+            "design": design,
+            "submitted": s["submitted"] + 1,
+        }
     if isinstance(msg, pb.CompilationRequest):
         return {**s, "requests": s["requests"] + 1}
     if isinstance(msg, pb.EmergencyCompile):
@@ -735,21 +757,22 @@ def _blueprint_rule(state: State | None, fact: Fact, key: str) -> State | None:
     if isinstance(msg, pb.CompilationResult):
         r = _result_record(msg, fact)
         if msg.success:
-            latest = {
-                k: r[k] for k in ("artifact_id", "cache_level", "queue_ms", "compile_ms", "total_ms", "completed_at_ms")
-            }
+            fields = ("artifact_id", "cache_level", "queue_ms", "compile_ms", "total_ms", "at_ms", "log")
+            latest = {**{k: r[k] for k in fields}, "request_id": _part(msg.request_id)}
+            tier = r["strategy"]
             return {
                 **s,
                 "ok": s["ok"] + 1,
                 "cache": _bump(s["cache"], r["cache_level"]),
-                "tiers": {**s["tiers"], r["strategy"]: {**latest, "request_id": _part(msg.request_id)}},
+                "tiers": {**s["tiers"], tier: _later(s["tiers"].get(tier), latest, _record_order)},
             }
-        failure = {k: r[k] for k in ("strategy", "failure_reason", "error", "completed_at_ms")}
+        kept = ("strategy", "failure_reason", "error", "at_ms", "log")
+        failure = {**{k: r[k] for k in kept}, "request_id": _part(msg.request_id)}
         return {
             **s,
             "failed": s["failed"] + 1,
             "failures": _bump(s["failures"], r["failure_reason"]),
-            "last_failure": {**failure, "request_id": _part(msg.request_id)},
+            "last_failure": _later(s["last_failure"], failure, _record_order),
         }
     return None
 
@@ -764,9 +787,13 @@ def _metrics_key(fact: Fact) -> str | None:
     return _part(msg.source_id or fact.key or "") or None
 
 
-def _series_key(p: pb.MetricPoint) -> str:
-    labels = ",".join(f'{_part(k)}="{_part(v)}"' for k, v in sorted(p.labels.items()))
-    return f"{_part(p.name)}{{{labels}}}" if labels else _part(p.name)
+def _labels(p: pb.MetricPoint) -> dict[str, str]:
+    return {_part(k): _part(v) for k, v in sorted(p.labels.items())[:MAX_LABELS]}
+
+
+def _series_key(name: str, labels: Mapping[str, str]) -> str:
+    text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return f"{name}{{{text}}}" if text else name
 
 
 def _metrics_rule(state: State | None, fact: Fact, key: str) -> State | None:
@@ -780,7 +807,8 @@ def _metrics_rule(state: State | None, fact: Fact, key: str) -> State | None:
     series, dropped = s["series"], s["dropped_series"]
     updated: dict[str, State] = {}
     for p in msg.metrics:
-        name = _series_key(p)
+        labels = _labels(p)
+        name = _series_key(_part(p.name), labels)
         old = updated.get(name) or series.get(name)
         if old is None and len(series) + len(updated) >= MAX_SERIES:
             dropped += 1
@@ -793,7 +821,7 @@ def _metrics_rule(state: State | None, fact: Fact, key: str) -> State | None:
             "value": _num(p.value),
             "type": _name(MetricType, p.type),
             "unit": _part(p.unit),
-            "labels": {_part(k): _part(v) for k, v in sorted(p.labels.items())},
+            "labels": labels,
             "at_ms": at,
         }
         if p.type == pb.METRIC_HISTOGRAM:
