@@ -10,10 +10,14 @@ Rules every projection keeps:
   other events of the same entity came from the same partition since its first copy. Kasmina's outbox keeps up to
   1,000 events in flight per instance, spread over all its breakers, slots and pauses, so a redelivery burst stays
   well inside the window for any one entity unless a single entity produced hundreds of events in that burst.
-- The same state whatever the interleaving of different logs: an entity fed by several topics or partitions keeps
-  one sub-record per source and derives its summary from them, and a value several partitions may update (a
-  breaker's stats, a blueprint's artifact per tier) is the greatest by an order that is a total order on the
-  events (event time, then monotone counters, then the event id). Within one partition, log order rules.
+- The same state whatever the interleaving of different partitions (a replay, the live app and two workers read
+  them in different orders). A value several partitions may update is the greatest by a total order on events:
+  a breaker's stats, last transition and last failure (Tezzeret keys failures and transitions apart) by event
+  time, the breaker's monotone counters, then the event id; a request's request, result, complete and audit
+  sub-records, and a blueprint's design, latest result per tier and last failure, by their own time, then their
+  place in the log; a blueprint's artifact per tier by creation time, then id. Counts are sums. Log order rules
+  what one partition feeds: conservative mode (Tezzeret keys it by kind), pauses and seeds (Kasmina keys by
+  instance), metrics (keyed by source) and dead letters (one partition).
 - Hostile input never grows a state without bound: texts are cut, unknown enum numbers read "UNKNOWN", maps of
   slots, metric series and error types are capped (what did not fit is counted).
 """
@@ -106,8 +110,10 @@ class Projection:
     def apply_keyed(self, state: State | None, fact: Fact, key: str) -> State | None:
         """`apply` for a fact whose key is already known (`fold` computes it once)."""
         eid = event_id(fact)
-        if state is not None and any(eid in ids for ids in state["seen"].values()):
-            return state
+        if state is not None:
+            for ids in state["seen"].values():
+                if eid in ids:
+                    return state
         new = self.rule(state, fact, key)
         if new is None:
             return state
@@ -139,15 +145,26 @@ def _text(s: str, limit: int = TEXT_LIMIT) -> str:
     return s[:limit]
 
 
+_NAMES: dict[type[IntEnum], dict[int, str]] = {
+    cls: {0: "UNSPECIFIED", **{m.value: m.name for m in cls}}
+    for cls in (
+        CacheLevel,
+        CircuitState,
+        CompilationStrategy,
+        FailureReason,
+        MetricType,
+        QuotaOutcome,
+        RequestKind,
+        SeedStage,
+        TelemetryLevel,
+    )
+}
+
+
 def _name(cls: type[IntEnum], number: int) -> str:
     """An enum value's name without its prefix; "UNSPECIFIED" for 0, "UNKNOWN" for numbers our schema lacks (proto3
     enums are open: any int32 may arrive, and each would otherwise become a key)."""
-    if number == 0:
-        return "UNSPECIFIED"
-    try:
-        return cls(number).name
-    except ValueError:
-        return "UNKNOWN"
+    return _NAMES[cls].get(number, "UNKNOWN")
 
 
 def _bump(counts: Mapping[str, int], key: str, cap: int | None = None) -> dict[str, int]:
