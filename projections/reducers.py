@@ -1,6 +1,32 @@
 """The projections: pure reducers `(state | None, fact) -> state | None` that fold Leyline facts into the tables
 people and services ask about. The same code runs in the Faust app, in a replay and in the tests.
 
+The tables (key: state; every state also holds "seen", the event ids it folded per source partition):
+  breakers      "subsystem/source_id/breaker": state and state_number (CircuitState, one numbering: CLOSED=1,
+                OPEN=2, HALF_OPEN=3), stats (the newest BreakerStats, with at_ms and event_id), transition (the last:
+                from, to, to_number, reason, at_ms), failure (the last: error_type, error, duration_ms, at_ms), and
+                counts of transitions and failures
+  conservative  "service/source_id": active, reasons, cooldown_ms, since_ms (the last change of active), changes,
+                entered, last_entered (at_ms and reasons of the last entry)
+  pauses        "instance_id": slots (slot_id -> paused, reason, quota_ms, max_duration_ms, identity_kernel_active,
+                command_id, since_ms, pauses, last_exit), paused_slots, dropped_slots, and quota (the instance's:
+                remaining, used, max_quota, last decision, denied, resets, at_ms; None before any quota event)
+  seeds         "instance_id/slot_id": stage and stage_number (SeedStage), previous, since_ms, transitions,
+                refusals, last_gate (gate, passed, reason, from, to, at_ms)
+  compilations  request id (as Tezzeret derives it): status ("pending": asked, no answer in the log, whether
+                queued or compiling the log cannot tell; "done"; "failed"), blueprint_id, kind, requestor,
+                strategy, failure_reason, cache_level, artifact_id, and the sub-records request, result (durations
+                queue_ms, compile_ms, total_ms among them), complete and audit, with counts asked and answers
+  blueprints    blueprint id: name, author, submitted, requests, emergency, ok, failed, failures (reason -> n),
+                cache (level -> n), compiled, tiers (strategy -> the latest successful result), artifacts
+                (strategy -> the newest CompiledKernelArtifact), last_failure
+  metrics       telemetry source id: series ('name{label="v",...}' -> name, value, type, unit, labels, at_ms, and
+                count, sum, bounds, buckets for histograms), packets, events, last_packet_ms, level, subsystem
+  deadletters   origin topic ("unknown" when none): count, error_types (type -> n), partitions (partition -> the
+                highest origin offset), last (error_type, error, partition, offset, origin key, consumer group...)
+Enum values are stored by name (without their prefix); times are epoch milliseconds (the event's own, else the
+record's timestamp).
+
 Rules every projection keeps:
 - Pure: no I/O, no clock (times come from the facts), the input state is never mutated.
 - JSON-able state: dicts of str keys with str/int/float/bool/None/list/dict values, so a RocksDB or Faust table
