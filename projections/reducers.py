@@ -4,8 +4,8 @@ people and services ask about. The same code runs in the Faust app, in a replay 
 The tables (key: state; every state also holds "seen", the event ids it folded per source partition):
   breakers      "subsystem/source_id/breaker": state and state_number (CircuitState, one numbering: CLOSED=1,
                 OPEN=2, HALF_OPEN=3), stats (the newest BreakerStats, with at_ms and event_id), transition (the last:
-                from, to, to_number, reason, at_ms), failure (the last: error_type, error, duration_ms, at_ms), and
-                counts of transitions and failures
+                from, to, to_number, reason, at_ms), failure (the last: error_type, error, duration_ms, at_ms),
+                counts of transitions and failures, and logs (the same three records per source partition)
   conservative  "service/source_id": active, reasons, cooldown_ms, since_ms (the last change of active), changes,
                 entered, last_entered (at_ms and reasons of the last entry)
   pauses        "instance_id": slots (slot_id -> paused, reason, quota_ms, max_duration_ms, identity_kernel_active,
@@ -38,8 +38,9 @@ Rules every projection keeps:
   well inside the window for any one entity unless a single entity produced hundreds of events in that burst.
 - The same state whatever the interleaving of different partitions (a replay, the live app and two workers read
   them in different orders). A value several partitions may update is the greatest by a total order on events:
-  a breaker's stats, last transition and last failure (Tezzeret keys failures and transitions apart) by event
-  time, the breaker's monotone counters, then the event id; a request's request, result, complete and audit
+  a breaker's stats, last transition and last failure (Tezzeret keys failures and transitions apart) are the
+  last of each source partition in log order, and across partitions the newest by event time, the breaker's
+  monotone counters, then the event id; a request's request, result, complete and audit
   sub-records, and a blueprint's design, latest result per tier and last failure, by their own time, then their
   place in the log; a blueprint's artifact per tier by creation time, then id. Counts are sums. Log order rules
   what one partition feeds: conservative mode (Tezzeret keys it by kind), pauses and seeds (Kasmina keys by
@@ -86,6 +87,7 @@ from esper.streams.topics import (
 __all__ = [
     "MAX_ERROR_TYPES",
     "MAX_LABELS",
+    "MAX_LOGS",
     "MAX_SERIES",
     "MAX_SLOTS",
     "PROJECTIONS",
@@ -108,6 +110,7 @@ Rule = Callable[[State | None, Fact, str], State | None]
 SEEN_WINDOW = 256  # event ids remembered per entity and source partition
 TEXT_LIMIT = 500  # characters kept of an error, reason or message
 MAX_SLOTS = 256  # pause slots per Kasmina instance
+MAX_LOGS = 32  # source partitions a breaker's records are kept for (leyline.safety has 3)
 MAX_SERIES = 512  # metric series per telemetry source
 MAX_ERROR_TYPES = 32  # distinct error types counted per dead-letter origin
 MAX_REASONS = 32  # conservative-mode reasons kept
@@ -281,6 +284,11 @@ def _failure_order(r: State) -> tuple[Any, ...]:
     return (r["at_ms"], r["total_failures"], r["event_id"])
 
 
+def _newest(records: Iterable[State | None], order: Callable[[State], tuple[Any, ...]]) -> State | None:
+    present = [r for r in records if r is not None]
+    return max(present, key=order) if present else None
+
+
 def _breaker_rule(state: State | None, fact: Fact, key: str) -> State | None:
     found = _detail(fact, *_BREAKER_KINDS)
     if found is None:
@@ -299,7 +307,15 @@ def _breaker_rule(state: State | None, fact: Fact, key: str) -> State | None:
         failure=None,
         transitions=0,
         failures=0,
+        logs={},
     )
+    # Per source partition the last of each record in log order (a wall clock stepped back cannot reorder one
+    # partition); across partitions (Tezzeret keys failures and transitions apart) the newest by the orders above.
+    stream = stream_of(fact)
+    logs = s["logs"]
+    if stream not in logs and len(logs) >= MAX_LOGS:
+        return None
+    last = logs.get(stream) or {"stats": None, "transition": None, "failure": None}
     if kind == "breaker_transition":
         t = msg.breaker_transition
         record = {
@@ -311,7 +327,8 @@ def _breaker_rule(state: State | None, fact: Fact, key: str) -> State | None:
             "to_number": int(t.to_state),
             "reason": _text(t.reason),
         }
-        s = {**s, "transitions": s["transitions"] + 1, "transition": _later(s["transition"], record, _transition_order)}
+        s = {**s, "transitions": s["transitions"] + 1}
+        last = {**last, "transition": record}
     else:
         f = msg.breaker_failure
         record = {
@@ -322,9 +339,20 @@ def _breaker_rule(state: State | None, fact: Fact, key: str) -> State | None:
             "error": _text(f.error),
             "duration_ms": _num(f.duration_ms),
         }
-        s = {**s, "failures": s["failures"] + 1, "failure": _later(s["failure"], record, _failure_order)}
-    newest = _later(s["stats"], _stats_record(stats, at, eid), _stats_order)
-    return {**s, "stats": newest, "state": newest["state"], "state_number": newest["state_number"]}
+        s = {**s, "failures": s["failures"] + 1}
+        last = {**last, "failure": record}
+    logs = {**logs, stream: {**last, "stats": _stats_record(stats, at, eid)}}
+    newest = _newest((v["stats"] for v in logs.values()), _stats_order)
+    assert newest is not None  # this fact's stats are among them
+    return {
+        **s,
+        "logs": logs,
+        "stats": newest,
+        "state": newest["state"],
+        "state_number": newest["state_number"],
+        "transition": _newest((v["transition"] for v in logs.values()), _transition_order),
+        "failure": _newest((v["failure"] for v in logs.values()), _failure_order),
+    }
 
 
 # ---------------------------------------------------------------- conservative mode per service instance

@@ -121,6 +121,15 @@ def test_breaker_keeps_the_newest_stats_whatever_partition_arrives_first() -> No
     assert tables_of([opened, failed]) == tables_of([failed, opened])
 
 
+def test_one_partition_is_read_in_log_order_even_when_its_clock_stepped_back() -> None:
+    log = Log()
+    log.safety(transition(1, 2, 1), at_ms=5000)
+    log.safety(transition(2, 3, 2), at_ms=1000)  # the wall clock stepped back between the two
+    s = one(tables_of(log.facts), "breakers")
+    assert s["state"] == "HALF_OPEN" and s["transition"]["from"] == "OPEN"
+    assert list(s["logs"]) == [f"leyline.safety:{log.facts[0].partition}"]
+
+
 def test_breaker_unknown_states_and_nameless_breakers() -> None:
     log = Log()
     log.safety(transition(1, 99, 1))  # a state number our schema lacks
