@@ -24,6 +24,7 @@ from esper.compiler.ir.cli import app as blueprint_app
 from esper.compiler.service.cli import compiler_app
 from esper.compiler.wal.cli import app as wal_app
 from esper.logs import configure as configure_logging
+from esper.projections.app import run_command as projections_run
 from esper.projections.cli import app as projections_commands
 from esper.proto import leyline_pb2 as pb
 from esper.settings import load_settings
@@ -53,6 +54,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(compiler_app, name="compiler")
 app.command("compile")(compile_command)
 app.add_typer(projections_commands)  # esper replay, esper status
+app.add_typer(projections_run, name="projections")  # esper projections run
 
 err = Console(stderr=True)
 out = Console()
