@@ -24,7 +24,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from google.protobuf.message import Message as ProtoMessage
 
-from esper.projections.app import APP_ID
+from esper.projections import reducers
+from esper.projections.app import APP_ID, APP_SIZING, ROUTED_PARTITIONS
 from esper.projections.replay import replay
 from esper.projections.store import MemoryTables
 from esper.proto import leyline_pb2 as pb
@@ -217,6 +218,13 @@ def test_live_digests_equal_a_replay_before_and_after_a_kill_and_an_empty_data_d
         assert status == 200 and overview["projections"]["breakers"]["digest"] == before["breakers"]
         assert sum(overview["counters"]["skipped"].values()) == 1, overview  # the garbage, counted
         assert wait_for(lambda: _committed_past(bootstrap, last), 30, 0.2), "the app did not commit its offsets"
+        # Every table partition's RocksDB runs with the app's small memtables, not Faust's 3 x 64 MiB.
+        dbs = sorted((tmp_path / "data-1").glob("v1/tables/*.db"))
+        assert len(dbs) == len(reducers.PROJECTIONS) * ROUTED_PARTITIONS, dbs
+        for db in dbs:
+            options = max(db.glob("OPTIONS-*")).read_text()
+            assert f"\n  write_buffer_size={APP_SIZING.write_buffer_bytes}\n" in options, db
+            assert f"\n  db_write_buffer_size={APP_SIZING.total_write_buffer_bytes}\n" in options, db
     finally:
         first.kill()
     # A fresh worker with nothing on disk: the tables come back from the changelogs, then fold what follows.
