@@ -2,12 +2,13 @@
 seeds, Tezzeret breakers and conservative mode, compilations asked, answered, completed, audited and stored,
 telemetry packets of several metric points, dead letters), every record keyed as its producer keys it:
 - (a) the pure reducers alone: `reducers.fold` over FOLD_EVENTS facts decoded beforehand, one core, no Kafka;
-- (b) the Leyline source topics read from their start by a bare confluent-kafka consume-decode-fold loop of the same
-  reducers into dicts, against `replay()` into MemoryTables over the same topics, same records (ratio);
+- (b) the first SLICE_EVENTS records of the Leyline source topics (the same share of each partition, from its
+  start) read by a bare confluent-kafka consume-decode-fold loop of the same reducers into dicts, against `replay()`
+  with the same `until_offset` into MemoryTables (ratio; rounds alternate);
 - (c) `replay()` rebuilding every projection into a fresh RocksDB store (RocksTables) from the same topics.
 For (b) and (c) the source topics are first topped up with the same mixed log until they hold REPLAY_EVENTS records
 (produced once with a bare Producer, then reused by every later run against the same broker: replay reads the
-Leyline topics by name), so both read whatever the topics hold: the records read are reported beside each rate.
+Leyline topics by name), so (c) reads whatever the topics hold: the records read are reported beside each figure.
 
 ESPER_BOOTSTRAP_SERVERS names the broker (else the project's local one, started); ESPER_BENCH_REPLAY_EVENTS changes
 the 1,000,000. Figures only, never asserted.
@@ -54,6 +55,8 @@ from esper.streams.topics import (
 
 FOLD_EVENTS = 200_000
 FOLD_ROUNDS = 3  # each from empty tables; the median is reported
+SLICE_EVENTS = 200_000  # (b) reads this many of the topics' records, the same share of each partition
+SLICE_ROUNDS = 3
 REPLAY_EVENTS = int(os.environ.get("ESPER_BENCH_REPLAY_EVENTS", "1000000"))
 SOURCE_TOPICS = sorted({t for p in reducers.PROJECTIONS for t in p.topics})
 KASMINA = [f"kasmina-{i:02d}" for i in range(16)]
@@ -65,6 +68,8 @@ METRIC_NAMES = ["loss", "step_ms", "grad_norm", "lr", "tokens_per_s", "gpu_mem_g
 SEED_PATH = [pb.SEED_DORMANT, pb.SEED_GERMINATED, pb.SEED_TRAINING, pb.SEED_BLENDING, pb.SEED_FOSSILIZED]
 OPEN_FLOWS = 64  # compilations in flight at once, their steps interleaved
 START_MS = 1_780_000_000_000
+
+Partition = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -304,8 +309,27 @@ def top_up(servers: str, target: int) -> tuple[int, float]:
     return missing, missing / (time.perf_counter() - start)
 
 
-def bare_consume_and_fold(servers: str) -> tuple[int, float]:
-    """Every source topic from its start to the end it had, decoded and folded into dicts; (records, seconds)."""
+def slice_of(servers: str, records: int) -> dict[Partition, int]:
+    """The last offset (inclusive) to read in each source partition so that about `records` are read, the same
+    share of every partition from its start: an `until_offset` for replay and the bare loop alike."""
+    c = Consumer({"bootstrap.servers": servers, "group.id": "bench-projections-count"})
+    try:
+        spans = {}
+        for topic in SOURCE_TOPICS:
+            for p in c.list_topics(topic, timeout=10).topics[topic].partitions:
+                spans[(topic, p)] = watermarks(c, topic, p)
+    finally:
+        c.close()
+    share = min(1.0, records / max(1, sum(high - low for low, high in spans.values())))
+    counts = {where: round((high - low) * share) for where, (low, high) in spans.items()}
+    # A count of 0 is a limit before the partition's first offset: replay skips the partition.
+    return {where: spans[where][0] + n - 1 for where, n in counts.items()}
+
+
+def bare_consume_and_fold(servers: str, last: dict[Partition, int]) -> tuple[int, float]:
+    """The source partitions from their start to `last` (inclusive), decoded and folded into dicts; (records,
+    seconds, from before the consumer is made to the last fold, as replay's duration is)."""
+    start = time.perf_counter()
     c = Consumer(
         {
             "bootstrap.servers": servers,
@@ -315,36 +339,29 @@ def bare_consume_and_fold(servers: str) -> tuple[int, float]:
         }
     )
     tables: reducers.Tables = {p.name: {} for p in reducers.PROJECTIONS}
-    ends: dict[tuple[str, int], int] = {}
-    start = time.perf_counter()
+    ends = {where: offset + 1 for where, offset in last.items() if offset >= watermarks(c, *where)[0]}
     try:
-        starts = []
-        for topic in SOURCE_TOPICS:
-            for p in c.list_topics(topic, timeout=10).topics[topic].partitions:
-                low, high = watermarks(c, topic, p)
-                if high > low:
-                    ends[(topic, p)] = high
-                    starts.append(TopicPartition(topic, p, OFFSET_BEGINNING))
-        c.assign(starts)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for topic, p in ends])
         n = 0
         while ends:
             for m in c.consume(1000, 0.5):
-                if m.error() is not None:
+                where = (m.topic() or "", m.partition() or 0)
+                end = ends.get(where)
+                if m.error() is not None or end is None or (m.offset() or 0) >= end:
                     continue
                 reducers.fold(tables, facts.fact_from_kafka(m))
                 n += 1
-                where = (m.topic() or "", m.partition() or 0)
-                if (m.offset() or 0) + 1 >= ends.get(where, 0):
-                    ends.pop(where, None)
+                if (m.offset() or 0) + 1 >= end:
+                    del ends[where]
         return n, time.perf_counter() - start
     finally:
         c.close()
 
 
-def replay_into_memory(servers: str) -> tuple[ReplayResult, float]:
-    """The replay, and the seconds of it spent on the digests it ends with (computed again over the same tables)."""
+def replay_into_memory(servers: str, last: dict[Partition, int]) -> tuple[ReplayResult, float]:
+    """The replay to `last`, and the seconds of it spent on the digests it ends with (computed again)."""
     with MemoryTables() as store:
-        result = replay(servers, store, idle_timeout_s=60)
+        result = replay(servers, store, until_offset=last, idle_timeout_s=60)
         start = time.perf_counter()
         digest.digests(store.data)
         return result, time.perf_counter() - start
@@ -368,10 +385,16 @@ def run() -> list[Row]:
     del log
     servers = bench_bootstrap()
     produced, produce_rate = top_up(servers, REPLAY_EVENTS)
-    n_bare, bare_s = bare_consume_and_fold(servers)
-    ours, digest_s = replay_into_memory(servers)
+    last = slice_of(servers, SLICE_EVENTS)
+    bare_rates, replay_rates, digest_times = [], [], []
+    for _ in range(SLICE_ROUNDS):  # alternated, so that the neighbours' load hits both alike
+        n_bare, bare_s = bare_consume_and_fold(servers, last)
+        bare_rates.append(n_bare / bare_s)
+        ours, digest_s = replay_into_memory(servers, last)
+        replay_rates.append(ours.read / ours.duration_s)
+        digest_times.append(digest_s)
+    bare_rate = statistics.median(bare_rates)
     rocks = replay_into_rocksdb(servers)
-    bare_rate = n_bare / bare_s
     rows = [
         Row(
             f"pure fold, mixed log of {FOLD_EVENTS:,} facts, one core (CPU time, median of {FOLD_ROUNDS})",
@@ -383,15 +406,17 @@ def run() -> list[Row]:
     if produced:
         rows.append(Row("  their encode + produce rate (bare Producer, lz4, acks=all)", produce_rate, "records/s"))
     rows += [
-        Row(f"bare consume + decode + fold, {n_bare:,} records", bare_rate, "records/s"),
+        Row(
+            f"bare consume + decode + fold, first {n_bare:,} records (median of {SLICE_ROUNDS})", bare_rate, "records/s"
+        ),
         ratio_row(
-            f"replay() into MemoryTables, {ours.read:,} records ({ours.skipped} skipped)",
-            ours.read / ours.duration_s,
+            f"replay() into MemoryTables, the same {ours.read:,} ({ours.skipped} skipped; median of {SLICE_ROUNDS})",
+            statistics.median(replay_rates),
             "records/s",
             "bare consume-and-fold",
             bare_rate,
         ),
-        Row("  of its time, the digests of the tables it ends with", digest_s, "s"),
+        Row("  of its time, the digests it ends with (median)", statistics.median(digest_times), "s"),
         Row(f"replay() rebuild of every projection into RocksDB, {rocks.read:,} records", rocks.duration_s, "s"),
         ratio_row("  its rate", rocks.read / rocks.duration_s, "records/s", "bare consume-and-fold", bare_rate),
     ]
