@@ -310,10 +310,11 @@ def build_app(
             counters.started_at.setdefault(f"{m.topic}:{m.partition}", m.offset)
             try:
                 out = route_record(m.value, m.headers, m.topic, m.partition, m.offset, _ms(m.timestamp), m.key)
-            except DecodeError as e:
-                reason = f"{m.topic}: {type(e).__name__}"
-                counters.skipped[reason] += 1
-                log.warning("skipped %s[%d]@%d: %s", m.topic, m.partition, m.offset, e)
+            except Exception as e:  # DecodeError: garbage; anything else: a reducer's key() bug. Neither stops us.
+                counters.skipped[f"{m.topic}: {type(e).__name__}"] += 1
+                log.warning(
+                    "skipped %s[%d]@%d: %s", m.topic, m.partition, m.offset, e, exc_info=not isinstance(e, DecodeError)
+                )
                 continue
             for record in out:
                 await routed.send(key=record.key, value=record.value, headers=record.headers)
