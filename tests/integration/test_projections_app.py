@@ -210,6 +210,10 @@ def test_live_digests_equal_a_replay_before_and_after_a_kill_and_an_empty_data_d
         before = _converges(first, bootstrap)
         status, breaker = first.get("/projections/breakers/" + urllib.parse.quote(f"kasmina/{source}/graft"))
         assert status == 200 and breaker["state"] == "HALF_OPEN" and breaker["transitions"] == 2, breaker
+        assert first.get("/projections/breakers/" + urllib.parse.quote(f"kasmina/{source}/graft", safe="")) == (
+            200,
+            breaker,
+        )
         status, table = first.get("/projections/seeds")
         assert status == 200 and table[f"{source}/s0"]["stage"] != "UNSPECIFIED", table
         assert first.get("/projections/breakers/nobody")[0] == 404
