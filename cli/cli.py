@@ -521,14 +521,50 @@ def _tezzeret() -> Iterator[str]:
         out.print(f"Tezzeret stopped (exit {service.returncode}); its log: {log_path}")
 
 
-def _await_healthy(service: subprocess.Popen[bytes], url: str, deadline: float, log_path: Path) -> None:
+@contextmanager
+def _projections() -> Iterator[str]:
+    """The live projections app's dashboard URL for the duration: the app that already answers on its port, else
+    one started here (`esper projections run`, its log in <home>/logs/projections.log), stopped at the end."""
+    from esper.compiler.service.health import fetch_health
+    from esper.projections.app import DEFAULT_WEB_PORT
+
+    base = os.environ.get("ESPER_PROJECTIONS_URL", f"http://127.0.0.1:{DEFAULT_WEB_PORT}")
+    try:
+        code, _ = fetch_health(f"{base}/projections", 2.0)
+    except (OSError, ValueError):
+        code = 0
+    if code == 200:
+        out.print(f"the projections app already answers at {base}: using it, none started")
+        yield f"{base}/dashboard"
+        return
+    log_path = load_settings().home / "logs" / "projections.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "esper.cli", "projections", "run", "--web-port", base.rsplit(":", 1)[1]]
+    with log_path.open("ab") as log_file:
+        app_proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        out.print(f"projections starting (pid {app_proc.pid}); its log: {log_path}")
+        with err.status("waiting for the projections app..."):
+            deadline = time.monotonic() + _HEALTHY_WITHIN_S
+            _await_healthy(app_proc, f"{base}/projections", deadline, log_path, "the projections app")
+        yield f"{base}/dashboard"
+    finally:
+        _stop(app_proc)
+        out.print(f"projections stopped (exit {app_proc.returncode}); its log: {log_path}")
+
+
+def _await_healthy(
+    service: subprocess.Popen[bytes], url: str, deadline: float, log_path: Path, name: str = "Tezzeret"
+) -> None:
     from esper.compiler.service.health import fetch_health
 
     last = "no answer"
     while time.monotonic() < deadline:
         if service.poll() is not None:
             tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-10:])
-            raise _fail(f"Tezzeret exited ({service.returncode}) before it was healthy; {log_path} ends:\n{tail}")
+            raise _fail(f"{name} exited ({service.returncode}) before it was healthy; {log_path} ends:\n{tail}")
         try:
             code, health = fetch_health(url, 2.0)
         except (OSError, ValueError) as e:
@@ -538,7 +574,7 @@ def _await_healthy(service: subprocess.Popen[bytes], url: str, deadline: float, 
                 return
             last = f"{health.get('status')}: {'; '.join(map(str, health.get('reasons', [])))}"
         time.sleep(0.5)
-    raise _fail(f"Tezzeret was not healthy at {url} in time ({last}); see {log_path}")
+    raise _fail(f"{url} was not healthy in time ({last}); see {log_path}")
 
 
 def _stop(service: subprocess.Popen[bytes]) -> None:
@@ -571,7 +607,8 @@ def run(
     out.print(f"{len(outcome)} topics ready ({created} created) on {bootstrap}")
     if not steps:
         return
-    with _tezzeret() as url:
+    with _projections() as dashboard, _tezzeret() as url:
+        out.print(f"the dashboard: {dashboard}  (JSON: {dashboard.removesuffix('/dashboard')}/projections)")
         demo(
             steps=steps,
             instance="kasmina-demo",

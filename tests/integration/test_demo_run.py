@@ -152,6 +152,7 @@ def esper_run(broker: LocalBroker, home: Path, port: int, steps: int, *args: str
         "ESPER_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "ESPER_HOME": str(home),
         "ESPER_TEZZERET_SERVICE__HTTP_PORT": str(port),
+        "ESPER_PROJECTIONS_URL": f"http://127.0.0.1:{free_port()}",  # its own projections app, not a neighbour's
         "ESPER_TEZZERET_COMPILATION__DEFAULT_STRATEGY": "EMERGENCY",  # seconds, not a minute, per blueprint
         "COLUMNS": "300",
     }
@@ -170,7 +171,8 @@ def test_esper_run_starts_tezzeret_grafts_the_seed_it_compiled_and_stops_it(
     assert "Tezzeret ready in" in done.stdout and "Tezzeret stopped (exit 0)" in done.stdout
     for name in ("mlp.yaml", "attention.yaml", "conv.yaml"):  # all three fit the slot, all three answered
         assert re.search(rf"{name}: EMERGENCY in [0-9.]+ s \(CACHE_MISS\), artifact [0-9a-f]{{16}}", done.stderr), name
-    final = done.stdout.strip().splitlines()[-2]  # the last line says the service stopped
+    assert "the dashboard: http://127.0.0.1:" in done.stdout and "projections stopped (exit 0)" in done.stdout
+    final = next(line for line in done.stdout.splitlines() if line.startswith("seed: "))
     grafted = re.fullmatch(
         r"seed: artifact ([0-9a-f]{64}) \(mlp.yaml\) grafted, tier EMERGENCY, answered from CACHE_MISS, warm; (\w+)",
         final,
