@@ -58,7 +58,7 @@ def _free_port() -> int:
 class Worker:
     """`esper projections run` in a subprocess of its own, with its output in a file."""
 
-    def __init__(self, bootstrap: str, data_dir: Path, log: Path) -> None:
+    def __init__(self, bootstrap: str, data_dir: Path, log: Path, worker_id: str = "t") -> None:
         self.port = _free_port()
         self.log = log
         env = {**os.environ, "ESPER_BOOTSTRAP_SERVERS": bootstrap}
@@ -73,7 +73,7 @@ class Worker:
                     "--data-dir",
                     str(data_dir),
                     "--worker-id",
-                    "t",
+                    worker_id,
                 ],
                 cwd=REPO,
                 env=env,
