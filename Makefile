@@ -6,7 +6,7 @@ ESPER  := $(VENV)/bin/esper
 PYTEST := $(VENV)/bin/pytest
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup kafka run test lint unit proto bench soak crash fuse clean-state
+.PHONY: setup kafka browser run test lint unit proto bench soak crash fuse clean-state
 
 # The virtual environment, the project (editable) and its declared dependencies; redone when pyproject changes.
 # Strict editable mode links every module into build/ (static paths mypy can follow), so adding a module
@@ -23,6 +23,18 @@ setup: $(STAMP)
 kafka: setup
 	$(ESPER) broker tools > /dev/null
 
+# Chromium and its WebDriver from Debian's packages, for the dashboard's browser test (once; sudo when not root).
+browser:
+	@if ! command -v chromium > /dev/null || ! command -v chromedriver > /dev/null; then \
+	  if ! command -v apt-get > /dev/null; then \
+	    echo "make browser: chromium and chromedriver are missing and apt-get is not available;" \
+	      "install Chromium and its chromedriver (Debian: chromium, chromium-driver) into /usr/bin" >&2; \
+	    exit 1; \
+	  fi; \
+	  sudo=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium chromium-driver; \
+	fi
+
 run: setup kafka
 	$(ESPER) run
 
@@ -31,7 +43,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy cli streams projections compiler safety proto/generate.py tests/wal_simfs.py tests/sinks.py
 
-test: setup kafka lint
+test: setup kafka browser lint
 	$(PYTEST) -q
 
 unit: setup

@@ -208,7 +208,8 @@ def _columns(*spec: str) -> tuple[tuple[str, str, str], ...]:
     out = []
     for s in spec:
         field, _, kind = s.partition(":")
-        out.append((field, field.replace("_", " "), kind or "text"))
+        title = field.replace("_", " ")
+        out.append((field, f"{title} (UTC)" if kind == "time" else title, kind or "text"))
     return tuple(out)
 
 
@@ -367,7 +368,7 @@ const status = document.getElementById("status");
 
 function text(value, kind) {
   if (value === null || value === undefined) return "";
-  if (kind === "time") return value ? new Date(value).toISOString().replace("T", " ").slice(0, 23) : "";
+  if (kind === "time") return value ? new Date(value).toISOString().slice(11, 23) : "";  // UTC; the date: title
   return String(value);
 }
 
@@ -414,7 +415,11 @@ function update(board, tr, r) {
   board.columns.forEach(([field, , kind], i) => {
     const td = tr.cells[i];
     const value = text(r.cells[field], kind);
-    if (td.textContent !== value) { td.textContent = value; changed = true; }
+    if (td.textContent !== value) {
+      td.textContent = value;
+      if (kind === "time" && value) td.title = new Date(r.cells[field]).toISOString();
+      changed = true;
+    }
     const toned = value !== "" && value === r.tone;  // the cell that names the row's state carries its colour
     td.className = toned ? "tone tone-" + r.tone : "";
   });
