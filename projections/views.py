@@ -4,6 +4,7 @@
   GET /projections/digests            {"digests": {table: sha256}, "entries": {table: n}}, as `esper replay --json`
   GET /projections/{name}             one table: {key: state}
   GET /projections/{name}/{key}       one entity's state (the key may hold slashes); 404 when absent
+  GET /metrics                        Prometheus exposition of this worker's tables (esper.projections.metrics)
 
 A table's states are read from this worker's own partitions (with several workers, each serves the entities of the
 partitions it was assigned). Each answer reads a table in one synchronous pass, between two agent steps, so it
@@ -70,6 +71,20 @@ def register(
 
     def raw(names: Iterable[str]) -> dict[str, RawTable]:
         return {name: tables[name] for name in names}
+
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from esper.projections.metrics import ProjectionMetrics
+
+    gauges = ProjectionMetrics()
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            # recomputed from the tables on each scrape: the same figures a replay's tables give
+            gauges.update({name: table_json(table) for name, table in raw(tables).items()})
+            # (aiohttp refuses a charset in content_type: the header carries it as Prometheus writes it)
+            return self.bytes(gauges.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # The literal path goes first: aiohttp tries routes in the order they were added.
     @app.page("/projections/digests")

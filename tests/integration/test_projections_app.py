@@ -216,6 +216,9 @@ def test_live_digests_equal_a_replay_before_and_after_a_kill_and_an_empty_data_d
         )
         status, table = first.get("/projections/seeds")
         assert status == 200 and table[f"{source}/s0"]["stage"] != "UNSPECIFIED", table
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{first.port}/metrics", timeout=5).read().decode()
+        gauge = f'esper_projection_breaker_state{{breaker="graft",source="{source}",subsystem="kasmina"}} 3.0'
+        assert gauge in metrics, metrics[:2000]  # HALF_OPEN, in the one numbering
         assert first.get("/projections/breakers/nobody")[0] == 404
         assert first.get("/projections/nonsense")[0] == 404
         status, overview = first.get("/projections")
