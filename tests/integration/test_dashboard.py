@@ -66,14 +66,16 @@ def _cell(driver: WebDriver, board: str, key: str, field: str) -> str | None:
         return None
 
 
-def _shows(driver: WebDriver, board: str, key: str, field: str, text: str, timeout_s: float = 30.0) -> None:
+def _shows(
+    driver: WebDriver, worker: Worker, board: str, key: str, field: str, text: str, timeout_s: float = 30.0
+) -> None:
     seen: list[str | None] = []
 
     def shown() -> bool:
         seen.append(_cell(driver, board, key, field))
         return seen[-1] == text
 
-    assert wait_for(shown, timeout_s, 0.02), f"{board}:{key} {field} is {seen[-1]!r}, not {text!r}"
+    assert wait_for(shown, timeout_s, 0.02), f"{board}:{key} {field} is {seen[-1]!r}, not {text!r}\n{worker.tail()}"
 
 
 def test_the_dashboard_shows_events_as_they_happen_without_a_reload(
@@ -90,8 +92,14 @@ def test_the_dashboard_shows_events_as_they_happen_without_a_reload(
 
     try:
         assert wait_for(lambda: worker.digests() is not None, 60, 0.2), f"the app never answered\n{worker.tail()}"
+        try:
+            served = worker.get("/dashboard/state")[0]
+        except ValueError:  # aiohttp's own 404 is not JSON
+            served = 404
+        assert served == 200, f"GET /dashboard/state: {served} (does build_app call dashboard.register(app)?)"
         browser.get(f"http://127.0.0.1:{worker.port}/dashboard")
-        assert wait_for(lambda: int(browser.find_element("tag name", "body").get_attribute("data-polls") or 0) > 0, 20)
+        polls = browser.find_element("tag name", "body")
+        assert wait_for(lambda: int(polls.get_attribute("data-polls") or 0) > 0, 20), f"no poll\n{worker.tail()}"
         browser.execute_script("window.esperLoaded = true")  # a reload would forget it
         # Send the breaker first, so that the app's routing is warm for the timed update below.
         send(SAFETY.name, _breaker(pb.CIRCUIT_OPEN, source), f"kasmina/{source}")
@@ -116,13 +124,13 @@ def test_the_dashboard_shows_events_as_they_happen_without_a_reload(
         send(DEADLETTER.name, letter, run)
 
         breaker = f"kasmina/{source}/graft"
-        _shows(browser, "breakers", breaker, "state", "OPEN", 60)
-        _shows(browser, "pauses", f"{source}/s0", "state", "PAUSED")
-        _shows(browser, "seeds", f"{source}/s0", "stage", "GERMINATED")
-        _shows(browser, "compilations", request, "status", "done")
+        _shows(browser, worker, "breakers", breaker, "state", "OPEN", 90)  # the app's first rebalance included
+        _shows(browser, worker, "pauses", f"{source}/s0", "state", "PAUSED")
+        _shows(browser, worker, "seeds", f"{source}/s0", "stage", "GERMINATED")
+        _shows(browser, worker, "compilations", request, "status", "done")
         assert _cell(browser, "compilations", request, "tier") == "FAST"
         assert _cell(browser, "compilations", request, "cache") == "L2"
-        _shows(browser, "deadletters", f"t-{run}", "count", "1")
+        _shows(browser, worker, "deadletters", f"t-{run}", "count", "1")
         row = browser.find_element("id", f"breakers:{breaker}")
         opened_colour = row.find_element("css selector", 'td[data-field="state"]').value_of_css_property(
             "background-color"
@@ -132,7 +140,7 @@ def test_the_dashboard_shows_events_as_they_happen_without_a_reload(
         closing.breaker_transition.from_state = pb.CIRCUIT_OPEN
         sent_ms = time.time() * 1000
         send(SAFETY.name, closing, f"kasmina/{source}")
-        _shows(browser, "breakers", breaker, "state", "CLOSED")
+        _shows(browser, worker, "breakers", breaker, "state", "CLOSED")
         seen_ms = time.time() * 1000
         changed_ms = float(row.get_attribute("data-changed-ms") or "nan")  # the same element: updated in place
         assert row.get_attribute("data-tone") == "CLOSED"
