@@ -263,7 +263,7 @@ def build_app(
     """The projections app (not started) and the counters its agents keep."""
     import faust
 
-    from esper.projections import views
+    from esper.projections import dashboard, views
 
     app = faust.App(
         APP_ID,
@@ -340,6 +340,7 @@ def build_app(
                 counters.changed[projection.name] += 1
 
     views.register(app, tables, counters.as_json)
+    dashboard.register(app)
     return app, counters
 
 
