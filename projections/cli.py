@@ -7,7 +7,9 @@ into a temporary store, shown as tables; the live projections app (Faust) will a
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,8 +143,17 @@ def status_command(
     as_json: Annotated[bool, typer.Option("--json", help="Every table as one JSON object on stdout.")] = False,
 ) -> None:
     """The projections' current state (breakers, conservative mode, pauses, seeds, compile queue, metrics, dead
-    letters), rebuilt by a replay to now into a temporary store. The live projections app (Faust, a later step) will
-    answer this without replaying."""
+    letters): from the live projections app when it answers (ESPER_PROJECTIONS_URL, default
+    http://127.0.0.1:6066), else, or with --until, rebuilt by a replay into a temporary store."""
+    live = None if until else _live_states(projection)
+    if live is not None:
+        if as_json:
+            out.print_json(data=live)
+            return
+        out.print(f"[bold]state now[/bold] (the live projections app at {_live_url()})")
+        for name, state in live.items():
+            out.print(state_table(name, state) if state else f"[bold]{VIEWS.get(name, (name,))[0]}[/bold]: none")
+        return
     try:
         limits = parse_until(until or [])
         with _store(None) as tables:
@@ -159,6 +170,27 @@ def status_command(
             out.print(state_table(name, state))
         else:
             out.print(f"[bold]{VIEWS.get(name, (name,))[0]}[/bold]: none")
+
+
+def _live_url() -> str:
+    from esper.projections.app import DEFAULT_WEB_PORT
+
+    return os.environ.get("ESPER_PROJECTIONS_URL", f"http://127.0.0.1:{DEFAULT_WEB_PORT}")
+
+
+def _live_states(projection: list[str] | None) -> dict[str, dict[str, State]] | None:
+    """Every selected table from the live app (one worker's partitions: what it serves), or None when none answers."""
+    states: dict[str, dict[str, State]] = {}
+    for p in select(projection):
+        try:
+            with urllib.request.urlopen(f"{_live_url()}/projections/{p.name}", timeout=3) as r:
+                table = json.loads(r.read())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(table, dict):
+            return None
+        states[p.name] = table
+    return states
 
 
 Column = tuple[str, Callable[[State], Json]]

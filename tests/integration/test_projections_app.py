@@ -220,6 +220,19 @@ def test_live_digests_equal_a_replay_before_and_after_a_kill_and_an_empty_data_d
         gauge = f'esper_projection_breaker_state{{breaker="graft",source="{source}",subsystem="kasmina"}} 3.0'
         assert gauge in metrics, metrics[:2000]  # HALF_OPEN, in the one numbering
         assert first.get("/projections/breakers/nobody")[0] == 404
+        shown = subprocess.run(  # esper status reads the live app when it answers
+            [ESPER, "status", "--json", "--projection", "breakers"],
+            env={
+                **os.environ,
+                "ESPER_PROJECTIONS_URL": f"http://127.0.0.1:{first.port}",
+                "ESPER_BOOTSTRAP_SERVERS": "x:1",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert shown.returncode == 0 and json.loads(shown.stdout) == {"breakers": first.get("/projections/breakers")[1]}
         assert first.get("/projections/nonsense")[0] == 404
         status, overview = first.get("/projections")
         assert status == 200 and overview["projections"]["breakers"]["digest"] == before["breakers"]

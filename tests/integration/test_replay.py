@@ -213,6 +213,7 @@ def test_the_cli_prints_the_replay_digests_and_the_status(
     produced: Log, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ESPER_BOOTSTRAP_SERVERS", produced.bootstrap)
+    monkeypatch.setenv("ESPER_PROJECTIONS_URL", "http://127.0.0.1:9")  # no live app answers: status replays
     runner = CliRunner()
     store = tmp_path / "kept"
     outcome = runner.invoke(projections_app, ["replay", "--json", "--store", str(store)])
