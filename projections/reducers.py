@@ -141,7 +141,7 @@ class Projection:
         eid = event_id(fact)
         if state is not None:
             for ids in state["seen"].values():
-                if eid in ids:
+                if _SEEN.holds(ids, eid):
                     return state
         new = self.rule(state, fact, key)
         if new is None:
@@ -149,8 +149,57 @@ class Projection:
         seen = new["seen"]
         stream = stream_of(fact)
         ids = seen.get(stream, [])
-        kept = ids[len(ids) - self.window + 1 :] if len(ids) >= self.window else ids
-        return {**new, "seen": {**seen, stream: [*kept, eid]}}
+        return {**new, "seen": {**seen, stream: _SEEN.append(ids, eid, self.window)}}
+
+
+class _SeenSets:
+    """Set views of the "seen" lists, so that a busy entity's redelivery check is a hash lookup rather than a walk
+    of up to SEEN_WINDOW ids per partition. A memo only, invisible in any state: each set is exactly its list's
+    contents (lists are never mutated; the memo holds each list it indexes, so an id is never reused). A list's
+    set passes on to the list that succeeds it, and a list the memo lacks (decoded from a store, or one whose set
+    moved on to another branch) is indexed again from its contents."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._sets: dict[int, tuple[list[str], set[str]]] = {}
+
+    def _take(self, ids: list[str]) -> set[str] | None:
+        """The set of `ids` (unique ids only: a list with repeats is not indexed), removed from the memo."""
+        found = self._sets.pop(id(ids), None)
+        if found is not None:
+            return found[1]
+        index = set(ids)
+        return index if len(index) == len(ids) else None
+
+    def _put(self, ids: list[str], index: set[str]) -> None:
+        if len(self._sets) >= self._capacity:
+            del self._sets[next(iter(self._sets))]  # the oldest indexed
+        self._sets[id(ids)] = (ids, index)
+
+    def holds(self, ids: list[str], eid: str) -> bool:
+        if len(ids) < 16:
+            return eid in ids
+        index = self._take(ids)
+        if index is None:
+            return eid in ids
+        self._put(ids, index)
+        return eid in index
+
+    def append(self, ids: list[str], eid: str, window: int) -> list[str]:
+        """A new list: `ids` with `eid` appended, keeping the last `window`."""
+        kept = ids[len(ids) - window + 1 :] if len(ids) >= window else ids
+        out = [*kept, eid]
+        if len(out) >= 16:
+            index = self._take(ids)
+            if index is not None and eid not in index:
+                for gone in ids[: len(ids) - len(kept)]:
+                    index.discard(gone)
+                index.add(eid)
+                self._put(out, index)
+        return out
+
+
+_SEEN = _SeenSets(capacity=2048)  # at most ~2048 x 16 KiB of sets
 
 
 # ---------------------------------------------------------------- small pure helpers
@@ -867,6 +916,26 @@ def _series_key(name: str, labels: Mapping[str, str]) -> str:
     return f"{name}{{{text}}}" if text else name
 
 
+# (point name, its labels as the map yields them) -> (series key, name kept, labels kept): a source sends the same
+# few series in every packet, and sorting and cutting their labels cost more than the rest of a point. The labels
+# dict is shared by every state that holds the series (states are never mutated). Emptied when full.
+_SERIES_MEMO: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, str, dict[str, str]]] = {}
+_SERIES_MEMO_SIZE = 4096
+
+
+def _series(p: pb.MetricPoint) -> tuple[str, str, dict[str, str]]:
+    raw = p.name
+    memo_key = (raw, tuple(p.labels.items()))
+    found = _SERIES_MEMO.get(memo_key)
+    if found is None:
+        labels, name = _labels(p), _part(raw)
+        found = (_series_key(name, labels), name, labels)
+        if len(_SERIES_MEMO) >= _SERIES_MEMO_SIZE:
+            _SERIES_MEMO.clear()
+        _SERIES_MEMO[memo_key] = found
+    return found
+
+
 def _metrics_rule(state: State | None, fact: Fact, key: str) -> State | None:
     msg = fact.message
     if not isinstance(msg, pb.TelemetryPacket):
@@ -878,8 +947,7 @@ def _metrics_rule(state: State | None, fact: Fact, key: str) -> State | None:
     series, dropped = s["series"], s["dropped_series"]
     updated: dict[str, State] = {}
     for p in msg.metrics:
-        labels = _labels(p)
-        name = _series_key(_part(p.name), labels)
+        name, point_name, labels = _series(p)
         old = updated.get(name) or series.get(name)
         if old is None and len(series) + len(updated) >= MAX_SERIES:
             dropped += 1
@@ -888,7 +956,7 @@ def _metrics_rule(state: State | None, fact: Fact, key: str) -> State | None:
         if old is not None and old["at_ms"] > at:
             continue  # a late copy of an older reading never overwrites a newer one
         point: State = {
-            "name": _part(p.name),
+            "name": point_name,
             "value": _num(p.value),
             "type": _name(MetricType, p.type),
             "unit": _part(p.unit),
