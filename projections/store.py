@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,17 +99,19 @@ def _dumps(value: Json) -> bytes:
 class RocksTable(MutableMapping[str, Json]):
     """One table: a column family, with a write-back cache of up to `cache_entries` decoded values (a fold reads
     and writes the same few entities over and over; decoding their JSON each time would cost more than the
-    reducers). Values handed out are shared with the cache: treat them as immutable, as the reducers do. Iteration
-    is in key byte order; `len` counts (it walks the table)."""
+    reducers). When the cache is full its least recently used entry leaves it (written first when changed), so hot
+    entities stay decoded however many cold ones pass through. Values handed out are shared with the cache: treat
+    them as immutable, as the reducers do. Iteration is in key byte order; `len` counts (it walks the table)."""
 
     def __init__(self, family: Rdict, cache_entries: int = 1024) -> None:
         self._family = family
         self._cache_entries = max(1, cache_entries)
-        self._cache: dict[str, Json] = {}
+        self._cache: OrderedDict[str, Json] = OrderedDict()  # least recently used first
         self._dirty: set[str] = set()
 
     def __getitem__(self, key: str) -> Json:
         if key in self._cache:
+            self._cache.move_to_end(key)
             return self._cache[key]
         raw = self._family.get(key.encode())
         if raw is None:
@@ -139,10 +142,23 @@ class RocksTable(MutableMapping[str, Json]):
         return sum(1 for _ in self._family.keys())  # noqa: SIM118
 
     def _keep(self, key: str, value: Json) -> Json:
-        if len(self._cache) >= self._cache_entries and key not in self._cache:
-            self.flush()
-        self._cache[key] = value
+        cache = self._cache
+        cache[key] = value
+        cache.move_to_end(key)
+        if len(cache) > self._cache_entries:
+            self._evict()
         return value
+
+    def _evict(self) -> None:
+        """Drop the least recently used entry, writing it first when changed (StoreError when it is not JSON)."""
+        key, value = self._cache.popitem(last=False)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            try:
+                encoded = _dumps(value)
+            except (TypeError, ValueError) as e:
+                raise StoreError(f"values that are not JSON were not stored: {key!r}: {e}") from e
+            self._family.put(key.encode(), encoded)
 
     def flush(self) -> None:
         """Write the changed entries to RocksDB and empty the cache. A value that is not JSON is dropped and

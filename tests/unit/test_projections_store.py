@@ -98,6 +98,19 @@ def test_the_write_back_cache_is_written_when_full_and_on_close(tmp_path: Path) 
         assert dict(store.table("t").items_json()) == expected
 
 
+def test_the_write_back_cache_keeps_recently_used_entries(tmp_path: Path) -> None:
+    with RocksTables.create(tmp_path / "s", RocksSizing(cache_entries=3)) as store:
+        table = store.table("t")
+        hot = {"hot": True}
+        table["hot"] = hot
+        for i in range(20):
+            table[f"cold{i}"] = {"n": i}
+            assert table["hot"] is hot  # used after every write: never evicted, never decoded again
+        assert table["cold0"] == {"n": 0}  # evicted long ago: written then, read back now
+    with RocksTables.open(tmp_path / "s") as store:
+        assert dict(store.table("t").items_json()) == {"hot": hot} | {f"cold{i}": {"n": i} for i in range(20)}
+
+
 def test_until_parses_epoch_ms_iso_times_and_offsets() -> None:
     assert parse_until([]) == Until()
     assert parse_until(["1764586800123"]) == Until(time_ms=1764586800123)
