@@ -204,5 +204,7 @@ def test_esper_run_uses_a_tezzeret_that_answers_already_and_falls_back_when_it_d
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Tezzeret tz-elsewhere already answers" in done.stdout and "none started" in done.stdout
     assert "mlp.yaml: no answer within 3 s" in done.stdout
-    assert done.stdout.strip().splitlines()[-1].startswith("seed: the plain module (Tezzeret compiled none of them)")
+    seed = next(line for line in done.stdout.splitlines() if line.startswith("seed: "))
+    assert seed.startswith("seed: the plain module (Tezzeret compiled none of them)"), seed
+    assert done.stdout.strip().splitlines()[-1].startswith("projections stopped (exit 0)")  # the last to stop
     assert not (tmp_path / "home" / "logs" / "tezzeret.log").exists()
