@@ -501,24 +501,9 @@ def _tezzeret() -> Iterator[str]:
         out.print(f"Tezzeret {health.get('instance_id', '?')} already answers at {url}: using it, none started")
         yield url
         return
-    log_path = load_settings().home / "logs" / TEZZERET_LOG
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "esper.cli", "--log-level", "INFO", "compiler", "run"]
-    with log_path.open("ab") as log_file:
-        # a session of its own: a Ctrl-C reaches this process alone, which then stops the service in order
-        service = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        out.print(f"Tezzeret starting (pid {service.pid}); its log: {log_path}")
-        started = time.monotonic()
-        with err.status("waiting for Tezzeret's health (its sandbox workers warm up)..."):
-            _await_healthy(service, url, started + _HEALTHY_WITHIN_S, log_path)
-        out.print(f"Tezzeret ready in {time.monotonic() - started:.1f}s: {url}")
+    command = ["--log-level", "INFO", "compiler", "run"]
+    with _background("Tezzeret", command, TEZZERET_LOG, url, "its sandbox workers warm up"):
         yield url
-    finally:
-        _stop(service)
-        out.print(f"Tezzeret stopped (exit {service.returncode}); its log: {log_path}")
 
 
 @contextmanager
@@ -537,27 +522,39 @@ def _projections() -> Iterator[str]:
         out.print(f"the projections app already answers at {base}: using it, none started")
         yield f"{base}/dashboard"
         return
-    log_path = load_settings().home / "logs" / "projections.log"
+    command = ["projections", "run", "--web-port", base.rsplit(":", 1)[1]]
+    with _background("projections", command, "projections.log", f"{base}/projections", "its tables open"):
+        yield f"{base}/dashboard"
+
+
+@contextmanager
+def _background(name: str, args: list[str], log_name: str, url: str, why: str) -> Iterator[None]:
+    """`esper ARGS` as a subprocess for the duration (its log in <home>/logs/LOG_NAME), once `url` answers 200;
+    stopped at the end whatever happens."""
+    log_path = load_settings().home / "logs" / log_name
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "esper.cli", "projections", "run", "--web-port", base.rsplit(":", 1)[1]]
     with log_path.open("ab") as log_file:
-        app_proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        # a session of its own: a Ctrl-C reaches this process alone, which then stops the service in order
+        service = subprocess.Popen(
+            [sys.executable, "-m", "esper.cli", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
-        out.print(f"projections starting (pid {app_proc.pid}); its log: {log_path}")
-        with err.status("waiting for the projections app..."):
-            deadline = time.monotonic() + _HEALTHY_WITHIN_S
-            _await_healthy(app_proc, f"{base}/projections", deadline, log_path, "the projections app")
-        yield f"{base}/dashboard"
+        out.print(f"{name} starting (pid {service.pid}); its log: {log_path}")
+        started = time.monotonic()
+        with err.status(f"waiting for {name} ({why})..."):
+            _await_healthy(service, url, started + _HEALTHY_WITHIN_S, log_path, name)
+        out.print(f"{name} ready in {time.monotonic() - started:.1f}s: {url}")
+        yield
     finally:
-        _stop(app_proc)
-        out.print(f"projections stopped (exit {app_proc.returncode}); its log: {log_path}")
+        _stop(service)
+        out.print(f"{name} stopped (exit {service.returncode}); its log: {log_path}")
 
 
-def _await_healthy(
-    service: subprocess.Popen[bytes], url: str, deadline: float, log_path: Path, name: str = "Tezzeret"
-) -> None:
+def _await_healthy(service: subprocess.Popen[bytes], url: str, deadline: float, log_path: Path, name: str) -> None:
     from esper.compiler.service.health import fetch_health
 
     last = "no answer"
