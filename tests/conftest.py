@@ -92,6 +92,13 @@ def test_settings() -> EsperSettings:
     )
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a service a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextlib.contextmanager
 def own_broker(name: str, port_offset: int) -> Iterator[LocalBroker]:
     """A broker of its own (own data and ports, every Leyline topic): a test may stop and restart it without

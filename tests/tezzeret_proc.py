@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from esper.streams.client_config import kafka_config
 from esper.streams.envelope import decode, encode, new_envelope
 from esper.streams.exceptions import DecodeError
 from esper.streams.topics import AUDIT, COMPILATION_RESULTS, DEADLETTER, TOPICS_BY_NAME
+from tests.conftest import free_port
 
 TAMIYO_TOKEN = "tamiyo-secret-token"
 
@@ -32,12 +32,6 @@ def _sha256(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

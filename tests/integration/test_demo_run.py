@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ from esper.streams.consumer import LeylineConsumer, Record
 from esper.streams.local.broker import LocalBroker
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import CONTROL_PAUSE, SAFETY
-from tests.conftest import own_broker
+from tests.conftest import free_port, own_broker
 from tests.sinks import MemorySink
 
 pytestmark = pytest.mark.broker
@@ -138,12 +137,6 @@ def run_broker() -> Iterator[LocalBroker]:
     """A broker of its own: no other Tezzeret answers these blueprints, and no old blueprint waits for ours."""
     with own_broker("run-broker", 130) as broker:
         yield broker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def esper_run(broker: LocalBroker, home: Path, port: int, steps: int, *args: str) -> subprocess.CompletedProcess[str]:

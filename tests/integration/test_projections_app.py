@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -34,7 +33,7 @@ from esper.streams.envelope import encode, new_envelope
 from esper.streams.local.broker import LocalBroker
 from esper.streams.producer import LeylineProducer
 from esper.streams.topics import COMPILATION_REQUESTS, COMPILATION_RESULTS, DEADLETTER, SAFETY, TELEMETRY
-from tests.conftest import own_broker
+from tests.conftest import free_port, own_broker
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.broker
@@ -49,17 +48,11 @@ def broker() -> Iterator[LocalBroker]:
         yield b
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Worker:
     """`esper projections run` in a subprocess of its own, with its output in a file."""
 
     def __init__(self, bootstrap: str, data_dir: Path, log: Path, worker_id: str = "t") -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log = log
         env = {**os.environ, "ESPER_BOOTSTRAP_SERVERS": bootstrap}
         with open(log, "wb") as out:
