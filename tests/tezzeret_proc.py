@@ -10,12 +10,14 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from google.protobuf.message import Message as ProtoMessage
 
 from esper.compiler.service.health import fetch_health
 from esper.proto import leyline_pb2 as pb
@@ -156,8 +158,10 @@ class Answers:
     audits: dict[str, list[pb.AuditRecord]]
 
 
-def read_answers(bootstrap: str, *, committed: bool = True, timeout_s: float = 5.0) -> Answers:
-    """Everything the service answered so far (each topic read to its end)."""
+def read_messages(
+    bootstrap: str, topics: Sequence[str], *, committed: bool = True, timeout_s: float = 5.0
+) -> list[ProtoMessage]:
+    """Every decodable message of `topics`, each partition read from its beginning to its end."""
     consumer = Consumer(
         kafka_config(
             {
@@ -169,38 +173,42 @@ def read_answers(bootstrap: str, *, committed: bool = True, timeout_s: float = 5
             }
         )
     )
-    results: dict[str, list[pb.CompilationResult]] = defaultdict(list)
-    completes: list[pb.CompilationComplete] = []
-    letters: dict[tuple[str, int, int], int] = defaultdict(int)
-    audits: dict[str, list[pb.AuditRecord]] = defaultdict(list)
+    messages: list[ProtoMessage] = []
     try:
-        parts = []
-        for topic in (COMPILATION_RESULTS.name, DEADLETTER.name, AUDIT.name):
-            for p in range(TOPICS_BY_NAME[topic].partitions):
-                parts.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(TOPICS_BY_NAME[t].partitions)]
         consumer.assign(parts)
         remaining = {(tp.topic, tp.partition) for tp in parts}
         deadline = time.monotonic() + timeout_s
         while remaining and time.monotonic() < deadline:
             for msg in consumer.consume(500, 0.5):
-                err = msg.error()
-                if err is not None:
+                if msg.error() is not None:
                     remaining.discard((msg.topic(), msg.partition()))
                     continue
                 try:
-                    message = decode(msg.value(), msg.headers(), msg.topic()).message
+                    messages.append(decode(msg.value(), msg.headers(), msg.topic()).message)
                 except DecodeError:
                     continue
-                if isinstance(message, pb.CompilationResult):
-                    results[message.request_id].append(message)
-                elif isinstance(message, pb.CompilationComplete):
-                    completes.append(message)
-                elif isinstance(message, pb.DeadLetter):
-                    letters[message.origin_topic, message.origin_partition, message.origin_offset] += 1
-                elif isinstance(message, pb.AuditRecord):
-                    audits[message.request_id].append(message)
     finally:
         consumer.close()
+    return messages
+
+
+def read_answers(bootstrap: str, *, committed: bool = True, timeout_s: float = 5.0) -> Answers:
+    """Everything the service answered so far (each topic read to its end)."""
+    results: dict[str, list[pb.CompilationResult]] = defaultdict(list)
+    completes: list[pb.CompilationComplete] = []
+    letters: dict[tuple[str, int, int], int] = defaultdict(int)
+    audits: dict[str, list[pb.AuditRecord]] = defaultdict(list)
+    topics = (COMPILATION_RESULTS.name, DEADLETTER.name, AUDIT.name)
+    for message in read_messages(bootstrap, topics, committed=committed, timeout_s=timeout_s):
+        if isinstance(message, pb.CompilationResult):
+            results[message.request_id].append(message)
+        elif isinstance(message, pb.CompilationComplete):
+            completes.append(message)
+        elif isinstance(message, pb.DeadLetter):
+            letters[message.origin_topic, message.origin_partition, message.origin_offset] += 1
+        elif isinstance(message, pb.AuditRecord):
+            audits[message.request_id].append(message)
     return Answers(dict(results), completes, dict(letters), dict(audits))
 
 

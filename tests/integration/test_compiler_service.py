@@ -19,11 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from esper.compiler.service.health import fetch_health
 from esper.proto import leyline_pb2 as pb
-from esper.streams.envelope import decode
 from esper.streams.local.broker import LocalBroker
 from esper.streams.topics import (
     BLUEPRINTS,
@@ -31,7 +29,6 @@ from esper.streams.topics import (
     COMPILATION_REQUESTS,
     KERNELS,
     SAFETY,
-    TOPICS_BY_NAME,
 )
 from tests.conftest import own_broker
 from tests.ir_samples import blueprint, node
@@ -43,6 +40,7 @@ from tests.tezzeret_proc import (
     produce_raw,
     producer,
     read_answers,
+    read_messages,
     wait_for_answers,
 )
 
@@ -391,32 +389,6 @@ def test_an_emergency_overtakes_a_full_queue_and_health_and_metrics_are_served(
     svc.stop()
 
 
-def read_topic(bootstrap: str, topic: str, cls: type) -> list:  # type: ignore[type-arg]
-    """Every record of `topic` decoded as `cls`, read_committed, from the beginning to the end."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "enable.auto.commit": False,
-        }
-    )
-    parts = [TopicPartition(topic, i, OFFSET_BEGINNING) for i in range(TOPICS_BY_NAME[topic].partitions)]
-    consumer.assign(parts)
-    out, remaining, deadline = [], len(parts), time.monotonic() + 10
-    while remaining and time.monotonic() < deadline:
-        for msg in consumer.consume(500, 0.5):
-            if msg.error() is not None:
-                remaining -= 1
-                continue
-            message = decode(msg.value(), msg.headers(), topic).message
-            if isinstance(message, cls):
-                out.append(message)
-    consumer.close()
-    return out
-
-
 def test_idle_time_upgrades_the_most_used_artifact_and_publishes_it(
     broker_a: LocalBroker, tmp_path: Path, services: list[ServiceProcess]
 ) -> None:
@@ -435,7 +407,11 @@ def test_idle_time_upgrades_the_most_used_artifact_and_publishes_it(
     upgraded: list[pb.CompiledKernelArtifact] = []
     while not upgraded and time.monotonic() < deadline:
         time.sleep(1.0)
-        kernels = read_topic(bootstrap, KERNELS.name, pb.CompiledKernelArtifact)
+        kernels = [
+            m
+            for m in read_messages(bootstrap, [KERNELS.name], timeout_s=10)
+            if isinstance(m, pb.CompiledKernelArtifact)
+        ]
         upgraded = [k for k in kernels if k.blueprint_id == "idle-bp" and k.strategy == pb.STRATEGY_FAST]
     assert upgraded, "no idle upgrade to FAST was published"
     completes = [c for c in read_answers(bootstrap).completes if c.artifact_id == upgraded[0].artifact_id]
@@ -464,7 +440,7 @@ def test_a_compile_timeout_enters_conservative_mode_on_leyline_safety(
     changes: list[pb.SafetyEvent] = []
     while not changes and time.monotonic() < deadline:
         time.sleep(1.0)
-        events = read_topic(bootstrap, SAFETY.name, pb.SafetyEvent)
+        events = [m for m in read_messages(bootstrap, [SAFETY.name], timeout_s=10) if isinstance(m, pb.SafetyEvent)]
         changes = [e for e in events if e.WhichOneof("detail") == "conservative_mode"]
     assert changes and changes[0].conservative_mode.active, changes
     health = fetch_health(svc.health_url, 5)[1]
