@@ -413,7 +413,7 @@ class Lane:
                 default=self.shared.config.compilation.default_strategy,
             )
             return choice.strategy, choice.reason  # choose_strategy applies the policy itself
-        lowered = policy.tier(strategy) if strategy != CompilationStrategy.EMERGENCY else strategy
+        lowered = policy.tier(strategy)  # EMERGENCY has no cheaper tier: it stays
         if lowered != strategy:
             reason += f"; conservative mode lowered {strategy.name} to {lowered.name}"
         return lowered, reason
@@ -614,7 +614,7 @@ class Lane:
             self.shared.events.extendleft(reversed(events))
             return
         outputs = self._outputs + [Output(SAFETY.name, _safety_key(e), e) for e in events]
-        saved = {tp: _clone(led) for tp, led in self.ledgers.items()}
+        saved = {tp: copy.deepcopy(led) for tp, led in self.ledgers.items()}  # restored if the transaction fails
         touched = set(self._dirty)
         for topic, partition, offset in self._answered:
             ledger = self.ledgers.get((topic, partition))
@@ -693,7 +693,3 @@ class Lane:
 def _safety_key(event: pb.SafetyEvent) -> str:
     kind = event.WhichOneof("detail") or "event"
     return f"{event.subsystem}/{kind}"
-
-
-def _clone(ledger: PartitionLedger) -> PartitionLedger:
-    return copy.deepcopy(ledger)
