@@ -87,7 +87,7 @@ def work_from_record(record: Record) -> Work:
             request_id=_id(record.envelope.message_id or coordinates, "the message id"),
             requestor=_id(msg.author or record.envelope.producer, "the author"),
             # a blueprint without an id is known by its record's key (`esper blueprint submit` keys by content)
-            blueprint_id=_id(msg.blueprint_id or (record.key or b"").decode("utf-8", "replace"), "the blueprint id"),
+            blueprint_id=_id(msg.blueprint_id or _record_key(record), "the blueprint id"),
             blueprint=msg,
             strategy=None,
             priority=0,
@@ -100,7 +100,7 @@ def work_from_record(record: Record) -> Work:
             kind=RequestKind.COMPILATION,
             request_id=_id(msg.request_id or record.envelope.message_id or coordinates, "the request id"),
             requestor=_id(msg.requestor, "the requestor"),
-            blueprint_id=_id(_blueprint_id(msg.blueprint_id, _inline(msg)), "the blueprint id"),
+            blueprint_id=_id(_blueprint_id(msg.blueprint_id, _inline(msg), _record_key(record)), "the blueprint id"),
             blueprint=_inline(msg),
             strategy=_strategy(msg.strategy),
             priority=msg.priority,
@@ -113,7 +113,7 @@ def work_from_record(record: Record) -> Work:
             kind=RequestKind.EMERGENCY,
             request_id=_id(msg.request_id or record.envelope.message_id or coordinates, "the request id"),
             requestor=_id(msg.requestor, "the requestor"),
-            blueprint_id=_id(_blueprint_id(msg.blueprint_id, _inline(msg)), "the blueprint id"),
+            blueprint_id=_id(_blueprint_id(msg.blueprint_id, _inline(msg), _record_key(record)), "the blueprint id"),
             blueprint=_inline(msg),
             strategy=CompilationStrategy.EMERGENCY,
             priority=1 << 30,
@@ -128,15 +128,25 @@ def _inline(msg: pb.CompilationRequest | pb.EmergencyCompile) -> pb.BlueprintIR 
     return msg.blueprint if msg.HasField("blueprint") else None
 
 
-def _blueprint_id(named: str, inline: pb.BlueprintIR | None) -> str:
-    """The request's blueprint id: named, inline, or both when they agree."""
+def _record_key(record: Record) -> str:
+    return (record.key or b"").decode("utf-8", "replace")
+
+
+def _blueprint_id(named: str, inline: pb.BlueprintIR | None, key: str) -> str:
+    """The request's blueprint id: named, inline, or both when they agree; an inline blueprint without an id is
+    known by the record's key, as a submission is."""
     if inline is None:
         if not named:
             raise WorkError("the request names no blueprint and carries none")
         return named
     if named and inline.blueprint_id and named != inline.blueprint_id:
         raise WorkError(f"the request names blueprint {named!r} but carries {inline.blueprint_id!r}")
-    return named or inline.blueprint_id
+    found = named or inline.blueprint_id or key
+    if not found:
+        raise WorkError(
+            "the request's inline blueprint has no id, and neither the request nor its record key names one"
+        )
+    return found
 
 
 def authorized(work: Work, settings: AuthorizationSettings) -> tuple[bool, str]:
