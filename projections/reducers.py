@@ -744,8 +744,14 @@ def _audit_record(a: pb.AuditRecord, fact: Fact) -> State:
     }
 
 
-def _first(*values: str) -> str:
-    return next((v for v in values if v), "")
+def _first(field: str, *records: State | None) -> str:
+    """The first non-empty `field` of the records present, in the order given."""
+    for record in records:
+        if record is not None:
+            value: str = record.get(field, "")
+            if value:
+                return value
+    return ""
 
 
 def _compilation_summary(s: State) -> State:
@@ -761,21 +767,17 @@ def _compilation_summary(s: State) -> State:
         status = "done"
     else:
         status = "pending"
-    answer = res or audit or {}
+    answer = res or audit
     return {
         **s,
         "status": status,
-        "blueprint_id": _first(*((r or {}).get("blueprint_id", "") for r in (req, res, audit, done))),
-        "kind": _first((req or {}).get("kind", ""), (audit or {}).get("kind", "")),
-        "requestor": _first(
-            (req or {}).get("requestor", ""), (res or {}).get("requestor", ""), answer.get("requestor", "")
-        ),
-        "strategy": _first(
-            (res or {}).get("strategy", ""), (done or {}).get("strategy", ""), (req or {}).get("strategy", "")
-        ),
-        "failure_reason": answer.get("failure_reason", "") if status == "failed" else "",
-        "cache_level": (res or {}).get("cache_level", ""),
-        "artifact_id": _first((res or {}).get("artifact_id", ""), (done or {}).get("artifact_id", "")),
+        "blueprint_id": _first("blueprint_id", req, res, audit, done),
+        "kind": _first("kind", req, audit),
+        "requestor": _first("requestor", req, res, answer),
+        "strategy": _first("strategy", res, done, req),
+        "failure_reason": _first("failure_reason", answer) if status == "failed" else "",
+        "cache_level": _first("cache_level", res),
+        "artifact_id": _first("artifact_id", res, done),
     }
 
 

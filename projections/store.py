@@ -1,4 +1,5 @@
-"""Projection tables: one RocksDB column family per table (rocksdict), keys as UTF-8, values as compact JSON.
+"""Projection tables: one RocksDB column family per table (rocksdict), keys as UTF-8, values as their canonical JSON
+(so a table is digested from its bytes).
 
 `RocksTables` is the durable store a replay builds (always into a fresh directory, so a replay never mixes with an
 older state) and reads back; `MemoryTables` holds the same tables in plain dicts for tests and benches. Both hand out
@@ -7,8 +8,8 @@ each table as a `MutableMapping[str, Json]`, which is all the reducers' fold nee
 RocksDB is sized for 2-core, 24 GiB machines shared with a broker and the services: one block cache of
 `RocksSizing.block_cache_bytes` shared by every table (rocksdict's default is 2 GiB per table partition under Faust),
 `write_buffer_bytes` memtables, at most `max_write_buffers` per table and `total_write_buffer_bytes` across all of
-them (the default is 64 MiB x 3 per table), two background jobs. Each table keeps its hot entries decoded in a
-small write-back cache (`cache_entries`), so a fold does not pay a JSON round trip per fact; RocksDB's own WAL is
+them (the default is 64 MiB x 3 per table), two background jobs. Each table keeps its recent entries decoded in a
+write-back cache (`cache_entries`), so a fold does not pay a JSON round trip per fact; RocksDB's own WAL is
 off, as a store is rebuilt from the log whenever in doubt: `close` (or `flush`) is what makes it durable.
 """
 
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteOptions
+
+from esper.projections.digest import canonical_json
 
 __all__ = [
     "Json",
@@ -71,7 +74,11 @@ class RocksSizing:
     max_write_buffers: int = 2
     total_write_buffer_bytes: int = 32 * MiB
     background_jobs: int = 2
-    cache_entries: int = 1024  # decoded entries each table keeps in Python (its write-back cache)
+    # Decoded entries each table keeps in Python (its write-back cache). A replay reads each partition in long runs,
+    # so one compilation's request, result and audit records arrive far apart: the cache must span that distance,
+    # or each entity is written, read and decoded again per record. Rebuilding bench/bench_projections.py's 1M-event
+    # log: 61 s at 1,024 entries, 53-55 s at 65,536, for a peak RSS of 286 against 610 MiB.
+    cache_entries: int = 65_536
 
 
 def rocks_options(sizing: RocksSizing = RocksSizing(), cache: Cache | None = None) -> Options:
@@ -92,10 +99,6 @@ def rocks_options(sizing: RocksSizing = RocksSizing(), cache: Cache | None = Non
     return options
 
 
-def _dumps(value: Json) -> bytes:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
-
-
 class RocksTable(MutableMapping[str, Json]):
     """One table: a column family, with a write-back cache of up to `cache_entries` decoded values (a fold reads
     and writes the same few entities over and over; decoding their JSON each time would cost more than the
@@ -103,7 +106,7 @@ class RocksTable(MutableMapping[str, Json]):
     entities stay decoded however many cold ones pass through. Values handed out are shared with the cache: treat
     them as immutable, as the reducers do. Iteration is in key byte order; `len` counts (it walks the table)."""
 
-    def __init__(self, family: Rdict, cache_entries: int = 1024) -> None:
+    def __init__(self, family: Rdict, cache_entries: int = RocksSizing.cache_entries) -> None:
         self._family = family
         self._cache_entries = max(1, cache_entries)
         self._cache: OrderedDict[str, Json] = OrderedDict()  # least recently used first
@@ -155,7 +158,7 @@ class RocksTable(MutableMapping[str, Json]):
         if key in self._dirty:
             self._dirty.discard(key)
             try:
-                encoded = _dumps(value)
+                encoded = canonical_json(value)
             except (TypeError, ValueError) as e:
                 raise StoreError(f"values that are not JSON were not stored: {key!r}: {e}") from e
             self._family.put(key.encode(), encoded)
@@ -166,7 +169,7 @@ class RocksTable(MutableMapping[str, Json]):
         refused = []
         for key in self._dirty:
             try:
-                encoded = _dumps(self._cache[key])
+                encoded = canonical_json(self._cache[key])
             except (TypeError, ValueError) as e:
                 refused.append(f"{key!r}: {e}")
                 continue
@@ -182,11 +185,17 @@ class RocksTable(MutableMapping[str, Json]):
         self._family.flush(wait=True)
         self._family.close()
 
-    def items_json(self) -> Iterator[tuple[str, Json]]:
-        """(key, value) in key order with one pass over the table (items() looks every key up again)."""
+    def canonical_entries(self) -> Iterator[tuple[str, bytes]]:
+        """(key, the stored bytes: the value's canonical JSON) in key order (UTF-8 byte order is code point order,
+        as `sorted` orders text), for digest.table_digest."""
         self.flush()
         for raw_key, raw_value in self._family.items():
-            yield cast(bytes, raw_key).decode(), json.loads(raw_value)
+            yield cast(bytes, raw_key).decode(), cast(bytes, raw_value)
+
+    def items_json(self) -> Iterator[tuple[str, Json]]:
+        """(key, value) in key order with one pass over the table (items() looks every key up again)."""
+        for key, raw in self.canonical_entries():
+            yield key, json.loads(raw)
 
 
 class RocksTables:

@@ -12,6 +12,7 @@ newer minor version (then the extra fields are a compatible addition).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -203,6 +204,9 @@ def _small_int(text: str) -> int | None:
     return None
 
 
+# The checks below are pure functions of a header value (and the topic), and nearly every record repeats the same
+# few values: each is remembered, in a bounded cache so that hostile values only churn it (errors are not cached).
+@functools.lru_cache(maxsize=256)
 def _check_version(version: str) -> bool:
     """True when the record is of a newer minor version than ours (unknown fields then allowed)."""
     major_s, dot, minor_s = version.partition(".")
@@ -214,6 +218,7 @@ def _check_version(version: str) -> bool:
     return minor > SCHEMA_MINOR
 
 
+@functools.lru_cache(maxsize=256)
 def _message_type(declared: str | None, topic: str | None) -> str:
     spec = topic_spec(topic) if topic else None
     if not declared:
@@ -231,6 +236,11 @@ def _content_type(declared: str | None, value: bytes) -> str:
     if not declared:
         # Operators typing into a console producer often forget the header: JSON objects are recognisable.
         return JSON if _is_json_object(value) else PROTOBUF
+    return _declared_content_type(declared)
+
+
+@functools.lru_cache(maxsize=256)
+def _declared_content_type(declared: str) -> str:
     media = declared.split(";", 1)[0].strip().lower()
     if media == JSON:
         return JSON

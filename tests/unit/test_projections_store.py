@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from esper.projections.digest import CanonicalTable, canonical_json, table_digest
 from esper.projections.replay import ReplayError, Until, parse_until
 from esper.projections.store import MemoryTables, RocksSizing, RocksTables, StoreError, StoreExistsError
 
@@ -81,6 +83,10 @@ def test_rocks_and_memory_tables_hold_the_same(tmp_path_factory: pytest.TempPath
         assert len(table) == len(entries)
         # Iteration is in key byte order, which is what makes two stores' walks comparable.
         assert list(table) == sorted(entries, key=str.encode)
+        # A RocksTable is digested from its stored bytes, a dict from its states: one digest, the whole-table one.
+        whole = hashlib.sha256(canonical_json(entries)).hexdigest()
+        assert isinstance(table, CanonicalTable) and not isinstance(memory.table("t"), CanonicalTable)
+        assert table_digest(table) == table_digest(memory.table("t")) == whole
 
 
 def test_the_write_back_cache_is_written_when_full_and_on_close(tmp_path: Path) -> None:
