@@ -5,10 +5,15 @@ telemetry packets of several metric points, dead letters), every record keyed as
 - (b) the first SLICE_EVENTS records of the Leyline source topics (the same share of each partition, from its
   start) read by a bare confluent-kafka consume-decode-fold loop of the same reducers into dicts, against `replay()`
   with the same `until_offset` into MemoryTables (ratio; rounds alternate);
-- (c) `replay()` rebuilding every projection into a fresh RocksDB store (RocksTables) from the same topics.
+- (c) `replay()` rebuilding every projection into a fresh RocksDB store (RocksTables) from the same topics;
+- (d) the live app, one `esper projections run` worker of a fresh app id reading the same topics from their start:
+  source records routed per second and routed records folded per second over a steady window (its consumer
+  group's committed offsets, read from outside so the worker is not slowed by being asked), against (b)'s bare
+  loop in the same run.
 For (b) and (c) the source topics are first topped up with the same mixed log until they hold REPLAY_EVENTS records
 (produced once with a bare Producer, then reused by every later run against the same broker: replay reads the
-Leyline topics by name), so (c) reads whatever the topics hold: the records read are reported beside each figure.
+Leyline topics by name), so (c) and (d) read whatever the topics hold: the records read are reported beside each
+figure.
 
 ESPER_BOOTSTRAP_SERVERS names the broker (else the project's local one, started); ESPER_BENCH_REPLAY_EVENTS changes
 the 1,000,000. Figures only, never asserted.
@@ -20,7 +25,10 @@ import contextlib
 import os
 import random
 import shutil
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -382,6 +390,89 @@ def replay_into_rocksdb(servers: str) -> ReplayResult:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# -- (d) the live app -------------------------------------------------------------------------------------------
+
+LIVE_WARMUP_S = 20.0  # group join, topic creation, the first fetches: not part of the rate
+LIVE_WINDOW_S = 60.0
+
+
+@dataclass
+class LiveRates:
+    routed: float  # source records routed per second
+    folded: float  # routed records folded per second
+    fanout: float  # routed records per source record
+    lag: int  # routed records not yet folded at the window's end
+
+
+def _committed(c: Consumer, group_topics: list[TopicPartition]) -> dict[str, int]:
+    """Records behind the group's committed offsets, per topic (offset - low watermark, summed)."""
+    out: dict[str, int] = {}
+    for tp in c.committed(group_topics, timeout=10):
+        if tp.offset >= 0:
+            low, _ = watermarks(c, tp.topic, tp.partition)
+            out[tp.topic] = out.get(tp.topic, 0) + tp.offset - low
+    return out
+
+
+def live_app(servers: str) -> LiveRates:
+    """One worker of a fresh app id over the source topics, measured from its group's commits; then its worker,
+    topics and group are removed."""
+    from confluent_kafka.admin import AdminClient
+
+    from esper.projections.app import ROUTED_PARTITIONS, routed_topic
+
+    app_id = f"esper-projections-bench-{uuid.uuid4().hex[:8]}"
+    root = Path(tempfile.mkdtemp(prefix="bench-live-"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    esper = str(Path(sys.executable).with_name("esper"))
+    argv = [esper, "projections", "run", "--app-id", app_id, "--web-port", str(port), "--data-dir", str(root / "d")]
+    env = {**os.environ, "ESPER_BOOTSTRAP_SERVERS": servers}
+    worker = subprocess.Popen(
+        [*argv, "--worker-id", "bench", "--loglevel", "WARNING"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=root.joinpath("log").open("w"),
+    )
+    c = Consumer({"bootstrap.servers": servers, "group.id": app_id})
+    routed = routed_topic(app_id)
+    try:
+        sources = [
+            TopicPartition(t, p) for t in SOURCE_TOPICS for p in c.list_topics(t, timeout=10).topics[t].partitions
+        ]
+        tps = [*sources, *(TopicPartition(routed, p) for p in range(ROUTED_PARTITIONS))]
+        time.sleep(LIVE_WARMUP_S)
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited {worker.returncode}: {root.joinpath('log').read_text()[-2000:]}")
+        t0, first = time.monotonic(), _committed(c, tps)
+        time.sleep(LIVE_WINDOW_S)
+        t1, last = time.monotonic(), _committed(c, tps)
+        src0 = sum(n for t, n in first.items() if t != routed)
+        src1 = sum(n for t, n in last.items() if t != routed)
+        routed_high = sum(watermarks(c, routed, p)[1] for p in range(ROUTED_PARTITIONS))
+        return LiveRates(
+            routed=(src1 - src0) / (t1 - t0),
+            folded=(last.get(routed, 0) - first.get(routed, 0)) / (t1 - t0),
+            fanout=routed_high / max(1, src1),
+            lag=routed_high - last.get(routed, 0),
+        )
+    finally:
+        c.close()
+        worker.terminate()
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        admin = AdminClient({"bootstrap.servers": servers})
+        ours = [t for t in admin.list_topics(timeout=10).topics if t.startswith(app_id)]
+        for future in [*admin.delete_topics(ours).values(), *admin.delete_consumer_groups([app_id]).values()]:
+            with contextlib.suppress(KafkaException):
+                future.result(30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def run() -> list[Row]:
     log = in_memory_facts(FOLD_EVENTS)
     fold_rate = statistics.median(pure_fold(log) for _ in range(FOLD_ROUNDS))
@@ -398,6 +489,7 @@ def run() -> list[Row]:
         digest_times.append(digest_s)
     bare_rate = statistics.median(bare_rates)
     rocks = replay_into_rocksdb(servers)
+    live = live_app(servers)
     rows = [
         Row(
             f"pure fold, mixed log of {FOLD_EVENTS:,} facts, one core (CPU time, median of {FOLD_ROUNDS})",
@@ -422,6 +514,15 @@ def run() -> list[Row]:
         Row("  of its time, the digests it ends with (median)", statistics.median(digest_times), "s"),
         Row(f"replay() rebuild of every projection into RocksDB, {rocks.read:,} records", rocks.duration_s, "s"),
         ratio_row("  its rate", rocks.read / rocks.duration_s, "records/s", "bare consume-and-fold", bare_rate),
+        ratio_row(
+            f"live app, one worker: source records routed ({LIVE_WINDOW_S:.0f} s window)",
+            live.routed,
+            "records/s",
+            "bare consume-and-fold",
+            bare_rate,
+        ),
+        Row(f"  routed records folded (each source record routed to {live.fanout:.2f})", live.folded, "records/s"),
+        Row("  routed records not yet folded at the window's end", live.lag, "records"),
     ]
     return rows
 

@@ -52,7 +52,7 @@ from esper.streams.exceptions import DecodeError
 
 if TYPE_CHECKING:
     import faust
-    from faust.types import TableT
+    from faust.types import TP, TableT
     from rocksdict import Cache, Rdict
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "decode_state",
     "encode_state",
     "route_record",
+    "routed_topic",
     "run_app",
     "run_command",
     "unroute_record",
@@ -76,10 +77,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-APP_ID = "esper-projections"
-ROUTED_TOPIC = f"{APP_ID}-routed"
+APP_ID = "esper-projections"  # the default app id: the consumer group, and the prefix of the app's own topics
+
+
+def routed_topic(app_id: str = APP_ID) -> str:
+    return f"{app_id}-routed"
+
+
+ROUTED_TOPIC = routed_topic()
 ROUTED_PARTITIONS = 3  # the tables' partitions; the most any source topic has
 DEFAULT_WEB_PORT = 6066
+MAX_FOLD_LAG = 4096  # routed records a worker may have left to fold before its source partitions pause
 SOURCE_TOPICS: tuple[str, ...] = tuple(sorted({t for p in reducers.PROJECTIONS for t in p.topics}))
 # 24 RocksDBs (8 tables x 3 partitions) in one process: one shared 16 MiB block cache, memtables of 1 MiB, at most
 # 2 per DB (a small table never fills one).
@@ -242,6 +250,13 @@ def _read_committed_transport(app: faust.App) -> Any:
         def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
             return ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
 
+        def on_buffer_drop(self, tp: TP) -> None:
+            # Faust re-activates a partition whose stream buffer drained even when it was paused meanwhile.
+            if tp in self._paused_partitions:
+                self._buffered_partitions.discard(tp)
+                return
+            super().on_buffer_drop(tp)
+
     class ReadCommittedTransport(driver.Transport):
         Consumer = ReadCommittedConsumer
 
@@ -259,16 +274,18 @@ def build_app(
     web_port: int = DEFAULT_WEB_PORT,
     worker_id: str = "1",
     web_host: str = "127.0.0.1",
+    app_id: str = APP_ID,
 ) -> tuple[faust.App, AppCounters]:
-    """The projections app (not started) and the counters its agents keep."""
+    """The projections app (not started) and the counters its agents keep. Apps of different `app_id`s are
+    independent: each has its own group, routed topic and changelogs, and reads the sources from their start."""
     import faust
 
     from esper.projections import dashboard, views
 
     app = faust.App(
-        APP_ID,
+        app_id,
         broker=_broker_urls(bootstrap),
-        broker_client_id=f"{APP_ID}-{worker_id}",
+        broker_client_id=f"{app_id}-{worker_id}",
         store="rocksdb://",
         datadir=str(data_dir),
         web_port=web_port,
@@ -279,6 +296,12 @@ def build_app(
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # Faust's default takes every record aiokafka has buffered in one batch (300k of a backlog were seen), and
+        # the routed records `route` sends wait behind all of it: no fold until the batch is done.
+        broker_max_poll_records=1000,
+        # Routed and changelog records are many and small: batch them per produce request (Faust sends at once).
+        producer_linger_ms=5,
+        producer_max_batch_size=256 * 1024,
         broker_session_timeout=10.0,  # a killed worker's partitions move after 10 s, not Faust's 60 s
         table_standby_replicas=0,
         autodiscover=False,
@@ -298,11 +321,50 @@ def build_app(
         tables[p.name] = table
 
     sources = app.topic(*SOURCE_TOPICS, key_serializer="raw", value_serializer="raw")
+    routed_name = routed_topic(app_id)
     routed = app.topic(
-        ROUTED_TOPIC, partitions=ROUTED_PARTITIONS, internal=True, key_serializer="raw", value_serializer="raw"
+        routed_name, partitions=ROUTED_PARTITIONS, internal=True, key_serializer="raw", value_serializer="raw"
     )
+    fold_next: dict[int, int] = {}  # routed partition -> the next offset `fold` will take (of those it has taken)
 
-    @app.agent(sources, name=f"{APP_ID}.route")
+    async def fold_lag() -> int:
+        """Routed records in this worker's routed partitions that `fold` has not taken yet (as far as it knows:
+        before it takes its first record of a partition, from where that partition's fetching stands)."""
+        lag = 0
+        for tp in app.consumer.assignment():
+            if tp.topic != routed_name:
+                continue
+            high = app.consumer.highwater(tp)
+            taken = fold_next.get(tp.partition)
+            if taken is None:
+                taken = await app.consumer.position(tp)
+            if high is not None and taken is not None:
+                lag += max(0, high - taken)
+        return lag
+
+    paused: set[TP] = set()  # source partitions paused until `fold` catches up
+
+    @app.timer(0.1)
+    async def pace_routing() -> None:
+        """With a backlog, Faust hands out each batch of records in arrival order across topics, and `route` turns
+        one source record into one or more routed ones, so `fold` would fall ever further behind (the views would
+        show nothing new until the whole backlog is read). While this worker has more than MAX_FOLD_LAG routed
+        records to fold, its source partitions are paused; they resume at half that. Faust's own pauses (recovery,
+        rebalance) are left alone."""
+        if app.rebalancing or app.in_recovery:
+            return
+        lag = await fold_lag()
+        assigned = app.consumer.assignment()
+        if lag > MAX_FOLD_LAG:
+            more = {tp for tp in assigned if tp.topic in SOURCE_TOPICS} - paused
+            if more:
+                app.consumer.pause_partitions(more)
+                paused.update(more)
+        elif lag <= MAX_FOLD_LAG // 2 and paused:
+            app.consumer.resume_partitions(paused & assigned)
+            paused.clear()
+
+    @app.agent(sources, name=f"{app_id}.route")
     async def route(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             m = event.message
@@ -320,10 +382,11 @@ def build_app(
                 await routed.send(key=record.key, value=record.value, headers=record.headers)
                 counters.routed_out += 1
 
-    @app.agent(routed, name=f"{APP_ID}.fold")
+    @app.agent(routed, name=f"{app_id}.fold")
     async def fold(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             m = event.message
+            fold_next[m.partition] = m.offset + 1
             try:
                 projection, entity, fact = unroute_record(m.value, m.headers, m.key)
                 table = tables[projection.name]
@@ -353,7 +416,11 @@ def run_app(app: faust.App, loglevel: str = "INFO") -> None:
     """Run a worker until it is stopped (a signal), in this process."""
     import faust
 
-    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+    worker = faust.Worker(app, loglevel=loglevel)
+    # At WARNING and above the worker's terminal spinner puts the root logger at DEBUG (the spinner turns once per
+    # record), so every debug record of aiokafka and Faust would be built: a tenth of a busy worker's time.
+    worker.spinner = None
+    worker.execute_from_commandline()
 
 
 # ---------------------------------------------------------------- esper projections run
@@ -370,6 +437,9 @@ def run(
     worker_id: Annotated[str, typer.Option(help="This worker's name: client id and default data dir.")] = "1",
     web_host: Annotated[str, typer.Option(help="The address the views listen on.")] = "127.0.0.1",
     loglevel: Annotated[str, typer.Option(help="Faust's log level.")] = "INFO",
+    app_id: Annotated[
+        str, typer.Option(help="The app id: consumer group and topic prefix (another id is another app).")
+    ] = APP_ID,
 ) -> None:
     """Fold the Leyline topics into RocksDB tables live and serve them as JSON (GET /projections, /projections/NAME,
     /projections/NAME/KEY, /projections/digests). An empty data dir is rebuilt from the changelogs."""
@@ -379,6 +449,11 @@ def run(
     settings = load_settings()
     where = data_dir or settings.home / "projections" / worker_id
     app, _ = build_app(
-        bootstrap_servers(settings.cluster()), where, web_port=web_port, worker_id=worker_id, web_host=web_host
+        bootstrap_servers(settings.cluster()),
+        where,
+        web_port=web_port,
+        worker_id=worker_id,
+        web_host=web_host,
+        app_id=app_id,
     )
     run_app(app, loglevel)
