@@ -328,18 +328,26 @@ def build_app(
     fold_next: dict[int, int] = {}  # routed partition -> the next offset `fold` will take (of those it has taken)
 
     async def fold_lag() -> int:
-        """Routed records in this worker's routed partitions that `fold` has not taken yet (as far as it knows:
-        before it takes its first record of a partition, from where that partition's fetching stands)."""
-        lag = 0
+        """Routed records in this worker's routed partitions that `fold` has not taken yet, at least. Two lower
+        bounds, the greater wins:
+        - per partition, its high watermark less what `fold` took (before its first record of a partition, from
+          where that partition's fetching stands); the watermark is as old as the partition's last fetch;
+        - when every routed partition is this worker's, what it routed less what it folded (all of the routed
+          topic is folded here, other workers' records too)."""
+        lag, mine = 0, 0
         for tp in app.consumer.assignment():
             if tp.topic != routed_name:
                 continue
+            mine += 1
             high = app.consumer.highwater(tp)
             taken = fold_next.get(tp.partition)
             if taken is None:
                 taken = await app.consumer.position(tp)
             if high is not None and taken is not None:
                 lag += max(0, high - taken)
+        if mine == ROUTED_PARTITIONS:
+            taken_here = sum(counters.folded.values()) + sum(counters.bad_routed.values())
+            lag = max(lag, counters.routed_out - taken_here)
         return lag
 
     paused: set[TP] = set()  # source partitions paused until `fold` catches up
