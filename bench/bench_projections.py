@@ -15,8 +15,8 @@ For (b) and (c) the source topics are first topped up with the same mixed log un
 Leyline topics by name), so (c) and (d) read whatever the topics hold: the records read are reported beside each
 figure.
 
-ESPER_BOOTSTRAP_SERVERS names the broker (else the project's local one, started); ESPER_BENCH_REPLAY_EVENTS changes
-the 1,000,000. Figures only, never asserted.
+ESPER_BOOTSTRAP_SERVERS names the broker (else the benches' own local one, bench/kafka_env.py);
+ESPER_BENCH_REPLAY_EVENTS changes the 1,000,000. Figures only, never asserted.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import Row, print_table  # noqa: E402
+from kafka_env import bench_broker  # noqa: E402
 
 from esper.logs import configure as configure_logging  # noqa: E402
 
@@ -19,16 +20,20 @@ def main(selected: list[str]) -> int:
     configure_logging()
     rows: list[Row] = []
     failed = []
-    for path in sorted(HERE.glob("bench_*.py")):
-        name = path.stem
-        if selected and not any(s in name for s in selected):
-            continue
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        try:
-            rows.extend(importlib.import_module(name).run())
-        except Exception:
-            traceback.print_exc()
-            failed.append(name)
+    try:
+        for path in sorted(HERE.glob("bench_*.py")):
+            name = path.stem
+            if selected and not any(s in name for s in selected):
+                continue
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            try:
+                rows.extend(importlib.import_module(name).run())
+            except Exception:
+                traceback.print_exc()
+                failed.append(name)
+    finally:
+        if bench_broker().status().running:
+            bench_broker().down()
     print_table(rows, "Esper benchmarks (measured on this machine)")
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
