@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -47,7 +46,7 @@ from esper.projections import reducers
 from esper.projections.digest import canonical_json
 from esper.projections.facts import Fact, fact_from_record
 from esper.projections.store import MiB, RocksSizing, rocks_options
-from esper.streams.envelope import Headers, HeaderValue
+from esper.streams.envelope import Headers, HeaderValue, header_pairs
 from esper.streams.exceptions import DecodeError
 
 if TYPE_CHECKING:
@@ -117,12 +116,6 @@ class Routed:
     headers: list[tuple[str, bytes]]
 
 
-def _header_list(headers: Headers | None) -> list[tuple[str, HeaderValue]]:
-    if headers is None:
-        return []
-    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
-
-
 def _as_bytes(value: HeaderValue) -> bytes:
     return value if isinstance(value, bytes) else (value or "").encode()
 
@@ -139,7 +132,7 @@ def route_record(
     """The routed records one source record becomes (none when no projection keeps it); raises DecodeError."""
     fact = fact_from_record(value, headers, topic, partition, offset, timestamp_ms, key)
     # Our own header names are dropped from the origin's, so that a record cannot forge its origin.
-    envelope = [(k, _as_bytes(v)) for k, v in _header_list(headers) if k not in _OURS]
+    envelope = [(k, _as_bytes(v)) for k, v in header_pairs(headers) if k not in _OURS]
     origin = [
         (H_TOPIC, topic.encode()),
         (H_PARTITION, str(partition).encode()),
@@ -164,7 +157,7 @@ def unroute_record(
     the routing headers are missing or wrong)."""
     envelope: list[tuple[str, HeaderValue]] = []
     ours: dict[str, bytes] = {}
-    for name, v in _header_list(headers):
+    for name, v in header_pairs(headers):
         if name in _OURS:
             ours[name] = _as_bytes(v)
         else:
