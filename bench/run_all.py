@@ -32,8 +32,9 @@ def main(selected: list[str]) -> int:
                 traceback.print_exc()
                 failed.append(name)
     finally:
-        if bench_broker().status().running:
-            bench_broker().down()
+        broker = bench_broker()
+        if broker.status().running:
+            broker.down()
     print_table(rows, "Esper benchmarks (measured on this machine)")
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)

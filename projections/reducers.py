@@ -773,7 +773,7 @@ def _compilation_summary(s: State) -> State:
         "status": status,
         "blueprint_id": _first("blueprint_id", req, res, audit, done),
         "kind": _first("kind", req, audit),
-        "requestor": _first("requestor", req, res, answer),
+        "requestor": _first("requestor", req, res, audit),
         "strategy": _first("strategy", res, done, req),
         "failure_reason": _first("failure_reason", answer) if status == "failed" else "",
         "cache_level": _first("cache_level", res),
