@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,10 @@ class LocalBroker:
         pid = self._running_pid()
         if pid is None:
             self.format_storage()
-            pid = self._start()
-        self._wait_ready(pid, timeout_s)
+            child = self._start()
+            self._wait_ready(lambda: child.poll() is None, timeout_s)
+        else:
+            self._wait_ready(lambda: self._running_pid() == pid, timeout_s)
         return self.status()
 
     def down(self, timeout_s: float = 60.0) -> bool:
@@ -219,7 +222,7 @@ class LocalBroker:
         if proc.returncode != 0:
             raise BrokerStartError(f"kafka-storage format failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
-    def _start(self) -> int:
+    def _start(self) -> subprocess.Popen[bytes]:
         cmd = self.dist.java_command("kafka.Kafka", [str(self.config_file)], self._jvm_opts())
         with open(self.log_dir / "server.out", "ab") as out:
             proc = subprocess.Popen(
@@ -231,7 +234,7 @@ class LocalBroker:
                 start_new_session=True,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
-        return proc.pid
+        return proc
 
     def _running_pid(self) -> int | None:
         """The recorded pid, if that process is still our broker (guards against pid reuse)."""
@@ -261,10 +264,12 @@ class LocalBroker:
         except Exception:
             return False
 
-    def _wait_ready(self, pid: int, timeout_s: float) -> None:
+    def _wait_ready(self, alive: Callable[[], bool], timeout_s: float) -> None:
+        """A child we just launched is watched through its Popen, not `_running_pid`: for a moment after exec
+        the kernel has not yet set the new image's argv, /proc/PID/cmdline reads empty and the pid match fails."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not psutil.pid_exists(pid) or self._running_pid() is None:
+            if not alive():
                 raise BrokerStartError(f"the Kafka broker exited during start-up:\n{self.log_tail()}")
             if self._metadata_ok(timeout_s=2.0):
                 return

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from esper.proto import leyline_pb2 as pb
@@ -75,6 +76,24 @@ def test_status_and_console_tools_see_the_broker(restart_broker: LocalBroker) ->
 def test_down_is_idempotent_and_up_restarts(restart_broker: LocalBroker) -> None:
     assert restart_broker.down()
     assert not restart_broker.down()
+    restart_broker.up(timeout_s=180)
+    assert restart_broker.status().ready
+
+
+def test_up_waits_out_the_moment_after_exec_when_the_new_broker_has_no_cmdline(
+    restart_broker: LocalBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Just after exec the kernel has not yet set the new image's argv and /proc/PID/cmdline reads empty (a CI
+    run and a make run once failed with "exited during start-up" while the broker lived); a launch must not
+    read that as an exit."""
+    assert restart_broker.down()
+    real_cmdline = psutil.Process.cmdline
+    blank_until = time.monotonic() + 1.0
+
+    def cmdline(self: psutil.Process) -> list[str]:
+        return [] if time.monotonic() < blank_until else real_cmdline(self)
+
+    monkeypatch.setattr(psutil.Process, "cmdline", cmdline)
     restart_broker.up(timeout_s=180)
     assert restart_broker.status().ready
 
