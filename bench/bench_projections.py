@@ -40,7 +40,7 @@ from pathlib import Path
 from common import Row, print_table, ratio_row
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from google.protobuf.message import Message
-from kafka_env import bench_bootstrap
+from kafka_env import bench_bootstrap, watermarks
 
 from esper.projections import digest, facts, reducers
 from esper.projections.replay import ReplayResult, replay
@@ -267,19 +267,6 @@ def pure_fold(log: list[facts.Fact]) -> float:
 
 
 # -- (b) and (c) over the broker -------------------------------------------------------------------------------
-
-
-def watermarks(c: Consumer, topic: str, partition: int, wait_s: float = 60.0) -> tuple[int, int]:
-    """A partition's (low, high) offsets, waiting for a just-created topic's leader."""
-    give_up = time.monotonic() + wait_s
-    while True:
-        try:
-            low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            return low, high
-        except KafkaException:
-            if time.monotonic() > give_up:
-                raise
-            time.sleep(0.5)
 
 
 def held(servers: str) -> int:

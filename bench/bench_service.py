@@ -36,7 +36,7 @@ from typing import Any
 from common import Row, print_table, ratio_row
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
-from kafka_env import bench_bootstrap
+from kafka_env import bench_bootstrap, watermarks
 
 from esper.compiler.artifacts.publish import compiler_version
 from esper.compiler.ir.load import load_blueprint
@@ -103,7 +103,7 @@ def start_at_end(servers: str, group_id: str, topics: Iterable[str]) -> None:
         for topic in topics:
             meta = c.list_topics(topic, timeout=10).topics[topic]
             for p in sorted(meta.partitions):
-                _low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                _low, high = watermarks(c, topic, p)
                 offsets.append(TopicPartition(topic, p, high))
         c.commit(offsets=offsets, asynchronous=False)
     finally:
@@ -199,7 +199,7 @@ class Results:
         meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
         starts = []
         for p in sorted(meta.partitions):
-            _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            _low, high = watermarks(self.consumer, topic, p)
             starts.append(TopicPartition(topic, p, high))
         self.consumer.assign(starts)
         self.seen: dict[str, tuple[float, pb.CompilationResult]] = {}  # request id -> (perf_counter, result)

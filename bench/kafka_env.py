@@ -6,6 +6,10 @@ end; its data stays, so the next run reuses the records."""
 
 from __future__ import annotations
 
+import time
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
 from esper.settings import load_settings
 from esper.streams.admin import create_topics
 from esper.streams.local.broker import LocalBroker
@@ -26,3 +30,17 @@ def bench_bootstrap() -> str:
     servers = load_settings().bootstrap_servers or bench_broker().up(timeout_s=180).bootstrap_servers
     create_topics(servers)
     return servers
+
+
+def watermarks(c: Consumer, topic: str, partition: int, wait_s: float = 60.0) -> tuple[int, int]:
+    """A partition's (low, high) offsets, waiting for a just-created topic's leader (a fresh broker answers
+    NOT_LEADER_FOR_PARTITION for a moment after create_topics)."""
+    give_up = time.monotonic() + wait_s
+    while True:
+        try:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            return low, high
+        except KafkaException:
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.5)
